@@ -1,0 +1,4 @@
+"""`python -m cloostcodec ...` (and `torchrun -m cloostcodec train ...`) run the CLI."""
+from .cli import main
+
+main(prog_name="cloost")

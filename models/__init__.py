@@ -1,0 +1,1 @@
+"""Trained refiners shipped with cloost (this folder is installed as `cloostcodec.models`)."""

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from cloostcodec.search import _beam_encode, decode, encode, option_losses
+from conftest import random_refiner
+
+
+def targets(batch, seed=1):
+    return torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ["shuffle", "deconv"])
+@torch.inference_mode()
+def test_stored_index_is_argmin_at_every_stage(arch):
+    model = random_refiner(arch)
+    x = targets(16)
+    enc = encode(model, x)
+    current = model.start(16)
+    for stage in range(model.config.stages):
+        losses = option_losses(model(current, stage), x)
+        assert torch.equal(enc.indices[:, stage], losses.argmin(dim=1))
+        chosen = losses.gather(1, enc.indices[:, stage:stage + 1]).squeeze(1)
+        assert torch.all(chosen <= losses.min(dim=1).values)
+        current = enc.reconstructions[stage]
+    # the search actually used more than one option
+    assert len(torch.unique(enc.indices)) > 1
+
+
+@pytest.mark.parametrize("batch", [1, 3, 17, 64])
+@pytest.mark.parametrize("arch", ["shuffle", "deconv"])
+@torch.inference_mode()
+def test_decode_reproduces_encoder_reconstruction_exactly(arch, batch):
+    model = random_refiner(arch)
+    x = targets(batch, seed=batch)
+    enc = encode(model, x)
+    assert enc.indices.shape == (batch, model.config.stages)
+    assert enc.indices.dtype == torch.long
+    assert torch.equal(decode(model, enc.indices), enc.reconstructions[-1])
+    for n in range(1, model.config.stages + 1):
+        assert torch.equal(decode(model, enc.indices, stages=n), enc.reconstructions[n - 1])
+
+
+@torch.inference_mode()
+def test_decoding_one_by_one_matches_batch_closely():
+    model = random_refiner()
+    x = targets(9)
+    enc = encode(model, x)
+    singles = torch.cat([decode(model, enc.indices[i:i + 1]) for i in range(9)])
+    assert torch.allclose(singles, enc.reconstructions[-1], atol=1e-5)
+
+
+@torch.inference_mode()
+def test_decode_zero_stages_is_the_start_tensor_and_too_many_is_an_error():
+    model = random_refiner()
+    codes = torch.zeros(2, 4, dtype=torch.long)
+    assert torch.equal(decode(model, codes, stages=0), model.start(2))
+    with pytest.raises(ValueError, match="asked for 5 stages"):
+        decode(model, codes, stages=5)
+
+
+@pytest.mark.parametrize("arch", ["shuffle", "deconv"])
+@torch.inference_mode()
+def test_beam_of_width_one_is_greedy(arch):
+    model = random_refiner(arch)
+    x = targets(12)
+    greedy = encode(model, x)
+    beam = _beam_encode(model, x, model.config.stages, 1)
+    assert torch.equal(beam.indices, greedy.indices)
+    for a, b in zip(beam.reconstructions, greedy.reconstructions):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@torch.inference_mode()
+def test_beam_never_worse_than_greedy_and_decodes(width):
+    model = random_refiner(seed=3)
+    x = targets(32, seed=5)
+    greedy = encode(model, x)
+    beam = encode(model, x, beam=width)
+    final = lambda recon: (recon - x).pow(2).flatten(1).mean(1)
+    assert final(beam.reconstructions[-1]).sum() <= final(greedy.reconstructions[-1]).sum()
+    assert torch.allclose(decode(model, beam.indices), beam.reconstructions[-1], atol=1e-5)

@@ -1,0 +1,115 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cloostcodec.cli import main
+from cloostcodec.modelfile import load_model_file
+from cloostcodec.train import TrainSettings, train
+
+TINY = dict(stages=2, options=4, hidden=16, core_layers=1, holdout=64, threads=1)
+
+
+def read_log(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_short_training_lowers_loss_and_spreads_usage(synthetic_npz, tmp_path):
+    settings = TrainSettings(data=str(synthetic_npz), out=str(tmp_path / "m"), steps=300, eval_every=100,
+                             log_every=10, warmup=20, lr=3e-3, **TINY)
+    result = train(settings, quiet=True)
+    losses = [r["loss"] for r in read_log(tmp_path / "m.log.jsonl") if "loss" in r]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
+    assert all(frac > 0.9 for frac in result["entropy_frac"]), result["entropy_frac"]
+    assert all(e > 0.9 * math.log(4) for e in result["entropy"])
+    assert result["psnr_per_stage"][1] > result["psnr_per_stage"][0]
+    model = load_model_file(tmp_path / "m.pt")
+    assert model.config.stages == 2 and model.config.options == 4
+    assert model.extra["step"] == 300
+
+
+def test_resumed_run_follows_the_same_loss_sequence(synthetic_npz, tmp_path):
+    # constant schedule: the interrupted run's first leg is told --steps 4, the rest --steps 8
+    common = dict(data=str(synthetic_npz), eval_every=4, log_every=1, shift=1, warmup=3, schedule="constant",
+                  rescue_every=3, **TINY)
+    train(TrainSettings(out=str(tmp_path / "straight"), steps=8, **common), quiet=True)
+    train(TrainSettings(out=str(tmp_path / "split"), steps=8, minutes=1e-9, **common), quiet=True)
+    train(TrainSettings(out=str(tmp_path / "split"), steps=4, **common), resume=True, quiet=True)
+    train(TrainSettings(out=str(tmp_path / "split"), steps=8, **common), resume=True, quiet=True)
+    straight = [(r["step"], r["loss"]) for r in read_log(tmp_path / "straight.log.jsonl") if "loss" in r]
+    split = [(r["step"], r["loss"]) for r in read_log(tmp_path / "split.log.jsonl") if "loss" in r]
+    assert [s for s, _ in straight] == list(range(1, 9))
+    assert split == straight
+    a, b = load_model_file(tmp_path / "straight.pt"), load_model_file(tmp_path / "split.pt")
+    assert a.sha256 == b.sha256
+
+
+def test_train_cli_reports_bad_data(tmp_path):
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_shape = tmp_path / "bad.npz"
+    np.savez(bad_shape, images=np.zeros((5, 3, 4, 4, 2), np.uint8))
+    garbage = tmp_path / "train-images-idx3-ubyte.gz"
+    garbage.write_bytes(b"not gzip at all")
+    cases = [(empty, "no images or IDX files"), (bad_shape, "expected images shaped"),
+             (garbage, "not a valid gzip file"), (tmp_path / "missing", "no such file or folder")]
+    for data, message in cases:
+        result = runner.invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--steps", "1"])
+        assert result.exit_code == 1, result.output
+        assert message in result.output
+        assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_train_cli_runs_and_writes_model_log_checkpoint(synthetic_npz, tmp_path):
+    out = tmp_path / "cli"
+    args = ["train", "--data", str(synthetic_npz), "--out", str(out), "--steps", "3", "--stages", "2",
+            "--options", "4", "--hidden", "8", "--core-layers", "1", "--holdout", "32", "--threads", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "held-out PSNR" in result.output
+    assert (tmp_path / "cli.pt").exists() and (tmp_path / "cli.ckpt").exists()
+    evals = [r for r in read_log(tmp_path / "cli.log.jsonl") if r.get("eval")]
+    assert evals[-1]["step"] == 3 and len(evals[-1]["entropy"]) == 2
+
+
+def test_distributed_ranks_end_with_identical_weights(synthetic_npz, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "cloostcodec", "train", "--data", str(synthetic_npz), "--out", str(out), "--steps", "5",
+           "--stages", "2", "--options", "4", "--hidden", "8", "--core-layers", "1", "--holdout", "32",
+           "--threads", "1", "-q"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    hashes = [r["rank_hashes"] for r in read_log(tmp_path / "ddp.log.jsonl") if "rank_hashes" in r]
+    assert len(hashes) == 1 and len(hashes[0]) == 2
+    assert hashes[0][0] == hashes[0][1] == load_model_file(tmp_path / "ddp.pt").sha256
+
+
+def test_rescue_moves_dead_first_stage_options_onto_badly_fitted_images():
+    import torch
+
+    from cloostcodec.train import DistInfo, rescue_first_stage
+    from conftest import random_refiner, synthetic_digits
+
+    refiner = random_refiner()
+    pixels = torch.from_numpy(synthetic_digits(count=64)[0]).float().div(255).unsqueeze(1)
+    counts = torch.tensor([50, 0, 40, 2])  # options 1 and 3 are dead (under a tenth of 92/4)
+    before = refiner.first_stage_bias.detach().clone()
+    rescued = rescue_first_stage(refiner, counts, pixels, step=7, seed=0, dist_info=DistInfo())
+    assert rescued == [1, 3]
+    with torch.no_grad():
+        proposals = refiner(refiner.start(1), 0)[0]
+        targets = refiner.normalise(pixels)
+    for option in rescued:
+        distances = (targets - proposals[option]).pow(2).flatten(1).mean(1)
+        assert distances.min() < 1e-10  # the option now proposes exactly a training image
+    assert torch.equal(refiner.first_stage_bias[[0, 2]], before[[0, 2]])
+    assert rescue_first_stage(refiner, torch.tensor([5, 5, 5, 5]), pixels, 8, 0, DistInfo()) == []
