@@ -76,12 +76,18 @@ def encode_images(images: list, model: LoadedModel, stages: int | None = None, f
     return encode(model.refiner, target, stages, beam=beam).indices.cpu()
 
 
+def to_pixels(model: LoadedModel, values: torch.Tensor) -> np.ndarray:
+    """Model-space [B, 1, H, W] -> uint8 pixels [B, H, W]."""
+    return (model.refiner.denormalise(values)[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
+
+
 @torch.inference_mode()
-def decode_codes(codes: torch.Tensor, model: LoadedModel) -> np.ndarray:
-    """Codes [B, n] -> uint8 pixels [B, H, W]."""
+def decode_codes(codes: torch.Tensor, model: LoadedModel, batch: int = 1024) -> np.ndarray:
+    """Codes [B, n] -> uint8 pixels [B, H, W], decoded `batch` at a time."""
     device = model.refiner.first_stage_bias.device
-    recon = model.refiner.denormalise(decode(model.refiner, codes.to(device)))
-    return (recon[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
+    parts = [to_pixels(model, decode(model.refiner, codes[i:i + batch].to(device)))
+             for i in range(0, len(codes), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.config.height, model.config.width), np.uint8)
 
 
 def compress_batch(images: list, model=DEFAULT_MODEL, stages: int | None = None, fit: bool = False,
@@ -108,26 +114,36 @@ def parse(data: bytes, models: Iterable = (), device: str = "cpu") -> tuple[bitf
     return parsed, model
 
 
+def decode_many(items: list[tuple[tuple, LoadedModel]]) -> list[np.ndarray]:
+    """(indices, model) pairs -> uint8 pixels each; codes of one model and length decode as one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for position, (indices, loaded) in enumerate(items):
+        groups.setdefault((loaded.sha256, len(indices)), []).append(position)
+    pixels: list = [None] * len(items)
+    for positions in groups.values():
+        loaded = items[positions[0]][1]
+        codes = torch.tensor([items[p][0] for p in positions], dtype=torch.long).view(len(positions), -1)
+        for p, decoded in zip(positions, decode_codes(codes, loaded)):
+            pixels[p] = decoded
+    return pixels
+
+
 def decompress_batch(datas: list[bytes], stages: int | None = None, model=None, device: str = "cpu") -> list:
     """.clst files -> PIL images; files made by different models may be mixed."""
-    candidates = [model] if model is not None else []
-    groups: dict[str, list] = {}
-    parsed_all = []
-    for position, data in enumerate(datas):
-        parsed, loaded = parse(data, candidates, device)
-        n = parsed.stages if stages is None else stages
-        if not 0 <= n <= parsed.stages:
-            raise ValueError(f"--stages {n} is outside 0..{parsed.stages}: the file holds {parsed.stages} stages")
-        parsed_all.append((parsed, loaded))
-        groups.setdefault((loaded.sha256, n), []).append(position)
-    images: list = [None] * len(datas)
-    for (_, n), positions in groups.items():
-        loaded = parsed_all[positions[0]][1]
-        codes = torch.tensor([parsed_all[p][0].indices[:n] for p in positions], dtype=torch.long)
-        codes = codes.view(len(positions), n)
-        for p, pixels in zip(positions, decode_codes(codes, loaded)):
-            images[p] = to_image(pixels)
-    return images
+    items = []
+    for data in datas:
+        parsed, loaded = parse(data, [model] if model is not None else [], device)
+        items.append((prefix(parsed, stages), loaded))
+    return [to_image(pixels) for pixels in decode_many(items)]
+
+
+def prefix(parsed: bitformat.ClstFile, stages: int | None) -> tuple:
+    """The first `stages` indices of a file (all when None)."""
+    if stages is None:
+        return parsed.indices
+    if not 0 <= stages <= parsed.stages:
+        raise ValueError(f"--stages {stages}: the file holds only {parsed.stages} stages")
+    return parsed.indices[:stages]
 
 
 def decompress(data: bytes, stages: int | None = None, model=None, device: str = "cpu"):

@@ -26,8 +26,8 @@ class ModelConfig:
     norm_mean: float = 0.0  # pixels in [0, 1] are stored as (p - mean) / std
     norm_std: float = 1.0
     arch: str = "shuffle"  # "shuffle" (all work at 1/4 resolution) or "deconv" (VQ-DRAW's layout)
-    hidden: int = 128  # channels at quarter resolution ("deconv": half this at the outer layers)
-    core_layers: int = 4  # residual 3x3 convolutions at quarter resolution
+    hidden: int = 96  # channels at quarter resolution ("deconv": half this at the outer layers)
+    core_layers: int = 3  # residual 3x3 convolutions at quarter resolution
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,8 +32,8 @@ class TrainSettings:
     stages: int = 10
     options: int = 8
     arch: str = "shuffle"
-    hidden: int = 128
-    core_layers: int = 4
+    hidden: int = 96
+    core_layers: int = 3
     steps: int | None = None
     minutes: float | None = None
     batch_size: int = 32
@@ -98,15 +98,15 @@ def usage_stats(indices: torch.Tensor, options: int) -> dict:
 
 
 @torch.inference_mode()
-def evaluate(refiner: Refiner, pixels: torch.Tensor, batch_size: int = 500) -> dict:
-    """Greedy-encode [0, 1] pixels; PSNR after every stage (clipped to [0, 1]) and usage."""
+def evaluate(refiner: Refiner, pixels: torch.Tensor, batch_size: int = 500, beam: int = 1) -> dict:
+    """Encode [0, 1] pixels; PSNR after every stage (clipped to [0, 1]) and usage."""
     was_training = refiner.training
     refiner.eval()
     sq_err = torch.zeros(refiner.config.stages, dtype=torch.float64)
     all_indices = []
     for start in range(0, len(pixels), batch_size):
         chunk = pixels[start:start + batch_size]
-        enc = encode(refiner, refiner.normalise(chunk))
+        enc = encode(refiner, refiner.normalise(chunk), beam=beam)
         all_indices.append(enc.indices)
         for stage, recon in enumerate(enc.reconstructions):
             sq_err[stage] += (refiner.denormalise(recon) - chunk).double().pow(2).sum()

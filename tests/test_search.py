@@ -80,3 +80,21 @@ def test_beam_never_worse_than_greedy_and_decodes(width):
     final = lambda recon: (recon - x).pow(2).flatten(1).mean(1)
     assert final(beam.reconstructions[-1]).sum() <= final(greedy.reconstructions[-1]).sum()
     assert torch.allclose(decode(model, beam.indices), beam.reconstructions[-1], atol=1e-5)
+
+
+def test_indices_do_not_depend_on_thread_count_or_batch_size():
+    """Fixed-width codes must not desynchronise across machines: the search is stable."""
+    model = random_refiner(seed=4)
+    x = targets(24, seed=9)
+    with torch.inference_mode():
+        reference = encode(model, x).indices
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            assert torch.equal(encode(model, x).indices, reference)
+        finally:
+            torch.set_num_threads(threads)
+        singles = torch.cat([encode(model, x[i:i + 1]).indices for i in range(24)])
+        assert torch.equal(singles, reference)
+        halves = torch.cat([encode(model, x[:7]).indices, encode(model, x[7:]).indices])
+        assert torch.equal(halves, reference)
