@@ -574,11 +574,12 @@ def _int_list(low: int, high: int | None = None):
               help="Images compressed one at a time for the ms columns.")
 @click.option("--json", "json_path", help="Also write the results to this file as JSON (CompressAI-like).")
 @click.option("--plot", "plot_path", help="Draw the rate-distortion curves into this PNG (needs matplotlib).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing --json and --plot files.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for torch.")
 @device_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (write --json/--plot only).")
 def bench(data, models, limit, baselines, train_data, cache_dir, beams, qualities, single_images, json_path,
-          plot_path, threads, device, quiet):
+          plot_path, force, threads, device, quiet):
     """Measure size, quality and speed against PNG, JPEG, WebP (and k-means with --baselines)."""
     import json
 
@@ -588,7 +589,7 @@ def bench(data, models, limit, baselines, train_data, cache_dir, beams, qualitie
     set_threads(threads)
     for target in (json_path, plot_path):
         if target:
-            check_writable(Path(target), force=True)
+            check_writable(Path(target), force=force)
     if plot_path:
         from . import plot
 
@@ -610,9 +611,9 @@ def bench(data, models, limit, baselines, train_data, cache_dir, beams, qualitie
     result = runner.result()
     if json_path:
         text = json.dumps(result.to_json(), indent=2) + "\n"
-        write_atomic(Path(json_path), text.encode(), force=True)
+        write_atomic(Path(json_path), text.encode(), force=force)
     if plot_path:
-        write_atomic(Path(plot_path), plot.render(result), force=True)
+        write_atomic(Path(plot_path), plot.render(result), force=force)
     if quiet:
         return
     click.echo(benchmark.format_table(result))

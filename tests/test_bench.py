@@ -215,6 +215,11 @@ def test_plot_writes_a_png(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(target) as im:
         assert im.format == "PNG" and im.width > 300
+    before = target.read_bytes()
+    again = run("-m", tiny_model, "--limit", 3, "--qualities", "50", "--plot", target)
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert target.read_bytes() == before
+    assert run("-m", tiny_model, "--limit", 3, "--qualities", "50", "--plot", target, "-f").exit_code == 0
 
 
 @pytest.mark.parametrize("data", ["missing-folder", "not-data.txt"])
