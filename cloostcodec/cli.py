@@ -519,6 +519,8 @@ def write_pictures(pixels, grid_path, out_dir, columns, scale, force):
               help="Steps of linear learning-rate warm-up.")
 @click.option("--rescue-every", type=click.IntRange(0), default=200, show_default=True,
               help="Move first-stage options that were almost never chosen in this many steps (0: never).")
+@click.option("--first-stage-gradient/--no-first-stage-gradient", default=True, show_default=True,
+              help="Let later stages' losses train the first stage (off: it learns only to partition the data).")
 @click.option("--holdout", type=click.IntRange(0), default=500, show_default=True,
               help="Images held out of training for evaluation.")
 @click.option("--eval-every", type=click.IntRange(1), default=500, show_default=True)

@@ -51,6 +51,7 @@ class TrainSettings:
     checkpoint_minutes: float = 5.0
     grad_clip: float = 1.0
     rescue_every: int = 200  # re-seed first-stage options unused for this many steps (0: never)
+    first_stage_gradient: bool = True  # False: later stages' losses do not shape the first stage
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -67,10 +68,11 @@ class TrainSettings:
 class Objective(nn.Module):
     """Runs all stages for a batch and returns the training loss; DDP wraps this module."""
 
-    def __init__(self, refiner: Refiner, alpha: float):
+    def __init__(self, refiner: Refiner, alpha: float, first_stage_gradient: bool = True):
         super().__init__()
         self.refiner = refiner
         self.alpha = alpha
+        self.first_stage_gradient = first_stage_gradient
 
     def forward(self, target: torch.Tensor):
         refiner = self.refiner
@@ -83,6 +85,10 @@ class Objective(nn.Module):
             index = losses.detach().argmin(dim=1)
             total = total + losses.gather(1, index[:, None]).mean() + self.alpha * losses.mean()
             current = pick(proposals, index)
+            if stage == 0 and not self.first_stage_gradient:
+                # the first stage then learns only to partition the data (online k-means), not to
+                # be a convenient start for later stages, which skews its usage toward a few options
+                current = current.detach()
             chosen.append(index)
         return total / refiner.config.stages, torch.stack(chosen, dim=1)
 
@@ -263,7 +269,7 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
         history = json.loads(checkpoint["evals"])
         first_stage_counts = checkpoint["first_stage_counts"]
 
-    objective = Objective(refiner, settings.alpha)
+    objective = Objective(refiner, settings.alpha, settings.first_stage_gradient)
     if dist_info.group:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
 
-    refiner, sha256 = modelfile.load_model_file(args.model)
+    loaded = modelfile.load_model_file(args.model)
+    refiner, sha256 = loaded.refiner, loaded.sha256
     cfg = refiner.config
     images = load_images(args.data, "test").images
     pixels = torch.from_numpy(to_unit_float(images))
@@ -55,6 +56,7 @@ def main() -> None:
     encode_rate = len(pixels) / (time.perf_counter() - start)
     beams = {int(w): evaluate(refiner, pixels, beam=int(w))["psnr"] for w in args.beams.split(",")}
     facts = training_facts(args.log)
+    settings = loaded.extra.get("settings", {})
     params = sum(p.numel() for p in refiner.parameters())
 
     rows = []
@@ -78,12 +80,14 @@ def main() -> None:
 
     {args.command}
 
-- Data: the 8,000 digits of `{args.data}/train-*` (500 of them held out for the evaluations
-  during training, never trained on), random shifts of up to 1 pixel.
-- {facts['steps']:,} steps of batch 32 in {facts['minutes']:.0f} minutes wall time, one CPU thread,
+- Data: the digits of `{args.data}/train-*` ({settings.get('holdout')} of them held out for the evaluations
+  during training, never trained on), random shifts of up to {settings.get('shift', 0)} pixel(s).
+- {facts['steps']:,} steps of batch {settings.get('batch_size')}, Adam lr {settings.get('lr')} with
+  {settings.get('schedule')} decay, alpha {settings.get('alpha')}, in {facts['minutes']:.0f} minutes
+  wall time, {settings.get('threads') or 'all'} CPU thread(s),
   on a 2-core x86-64 development machine (another training run shared the machine),
   torch {torch.__version__}, Python {platform.python_version()}.
-- Last training loss {facts['loss']}; last held-out evaluation (500 training digits):
+- Last training loss {facts['loss']}; last held-out evaluation ({settings.get('holdout')} training digits):
   {last['psnr'] if last else 'n/a'} dB.
 
 ## Held-out quality: the {len(images):,} test digits of `{args.data}/t10k-*`

@@ -113,3 +113,29 @@ def test_rescue_moves_dead_first_stage_options_onto_badly_fitted_images():
         assert distances.min() < 1e-10  # the option now proposes exactly a training image
     assert torch.equal(refiner.first_stage_bias[[0, 2]], before[[0, 2]])
     assert rescue_first_stage(refiner, torch.tensor([5, 5, 5, 5]), pixels, 8, 0, DistInfo()) == []
+
+
+def test_without_first_stage_gradient_only_the_first_stage_loss_trains_its_bias():
+    import torch
+
+    from cloostcodec.search import option_losses
+    from cloostcodec.train import Objective
+    from conftest import random_refiner
+
+    refiner = random_refiner(stages=3).train()
+    target = torch.rand(6, 1, 8, 8)
+    alpha, stages = 0.01, refiner.config.stages
+
+    def bias_grad(loss):
+        refiner.zero_grad()
+        loss.backward()
+        return refiner.first_stage_bias.grad.clone()
+
+    # the first stage's own terms, weighted as in the objective (a mean over the stages)
+    losses = option_losses(refiner(refiner.start(len(target)), 0), target)
+    own = (losses.gather(1, losses.detach().argmin(1, keepdim=True)).mean() + alpha * losses.mean()) / stages
+    first_only = bias_grad(own)
+    isolated = bias_grad(Objective(refiner, alpha, first_stage_gradient=False)(target)[0])
+    shared = bias_grad(Objective(refiner, alpha)(target)[0])
+    assert torch.allclose(isolated, first_only, atol=1e-7)
+    assert not torch.allclose(shared, first_only, atol=1e-5)  # later stages do shape it by default
