@@ -78,6 +78,28 @@ def test_stage_picture_size(model_path, digit, tmp_path):
     assert np.array_equal(first, np.asarray(Image.open(digit)))
 
 
+
+def test_stage_picture_wraps_many_options_and_frames_the_chosen_ones(tmp_path):
+    from cloostcodec.modelfile import LoadedModel
+    from cloostcodec.pictures import MARK, OPTIONS_PER_ROW, PAD, STAGE_GAP, stage_picture
+    from cloostcodec.search import encode
+    from conftest import random_refiner
+
+    refiner = random_refiner(stages=2, options=64)
+    model = LoadedModel(refiner, "0" * 64, tmp_path / "wide.pt", {})
+    pixels = (np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)
+    picture = stage_picture(model, pixels, scale=1, all_options=True)
+    tile, rows_per_stage = 8 + PAD, 64 // OPTIONS_PER_ROW
+    assert picture.size == (OPTIONS_PER_ROW * tile + PAD, (1 + 2 * rows_per_stage) * tile + 2 * STAGE_GAP + PAD)
+    target = refiner.normalise(torch.from_numpy(pixels / 255.0).float()[None, None])
+    array = np.asarray(picture)
+    for stage, index in enumerate(encode(refiner, target).indices[0].tolist()):
+        row = 1 + stage * rows_per_stage + index // OPTIONS_PER_ROW
+        x = PAD + (index % OPTIONS_PER_ROW) * tile
+        y = PAD + row * tile + (stage + 1) * STAGE_GAP
+        assert tuple(array[y - 1, x - 1]) == MARK  # the frame's corner, just outside the tile
+
+
 def test_encode_dataset_and_decode_codes_round_trip(model_path, tmp_path):
     codes_path = tmp_path / "codes.npy"
     result = run("encode-dataset", "--data", SAMPLES, "-o", codes_path, "-m", model_path, "--stages", 6)
