@@ -24,13 +24,14 @@ from cloostcodec.train import evaluate
 
 def training_facts(log_path: Path) -> dict:
     """Steps, wall time, last loss and the last held-out evaluation from a training log."""
-    facts = {"steps": 0, "minutes": 0.0, "loss": None, "eval": None}
+    facts = {"steps": 0, "minutes": 0.0, "loss": None, "eval": None, "evals": []}
     for line in log_path.read_text().splitlines():
         entry = json.loads(line)
         if "loss" in entry:
             facts.update(steps=entry["step"], minutes=entry["elapsed"] / 60, loss=entry["loss"])
         if entry.get("eval"):
             facts["eval"] = entry
+            facts["evals"].append(entry)
     return facts
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--command", required=True, help="The exact `cloost train` command.")
+    parser.add_argument("--note", default="", help="How the run departed from that command, if it did.")
     parser.add_argument("--data", default="../shared/data/mnist")
     parser.add_argument("--beams", default="4,16")
     parser.add_argument("-o", "--output", type=Path, required=True)
@@ -65,6 +67,8 @@ def main() -> None:
                     f"{greedy['entropy_frac'][i]:.1%} | {greedy['options_used'][i]}/{cfg.options} |")
     beam_rows = [f"| {w} | {p:.2f} | {p - greedy['psnr']:+.2f} |" for w, p in beams.items()]
     last = facts["eval"]
+    curve = [f"| {e['step']:,} | {e['elapsed'] / 60:.0f} | {e['psnr']:.2f} | {min(e['entropy_frac']):.1%} |"
+             for e in facts["evals"]]
     text = f"""# Model card: {args.name}
 
 | | |
@@ -79,7 +83,7 @@ def main() -> None:
 ## Training
 
     {args.command}
-
+{chr(10) + args.note + chr(10) if args.note else ''}
 - Data: the digits of `{args.data}/train-*` ({settings.get('holdout')} of them held out for the evaluations
   during training, never trained on), random shifts of up to {settings.get('shift', 0)} pixel(s).
 - {facts['steps']:,} steps of batch {settings.get('batch_size')}, Adam lr {settings.get('lr')} with
@@ -89,6 +93,12 @@ def main() -> None:
   torch {torch.__version__}, Python {platform.python_version()}.
 - Last training loss {facts['loss']}; last held-out evaluation ({settings.get('holdout')} training digits):
   {last['psnr'] if last else 'n/a'} dB.
+
+Held-out PSNR during training (the {settings.get('holdout')} held-out training digits, all stages):
+
+| step | minutes | PSNR dB | least usage entropy, of ln K |
+|---|---|---|---|
+{chr(10).join(curve)}
 
 ## Held-out quality: the {len(images):,} test digits of `{args.data}/t10k-*`
 
