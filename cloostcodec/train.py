@@ -23,6 +23,7 @@ from .refiner import ModelConfig, Refiner
 from .search import encode, option_losses, pick
 
 CHECKPOINT_VERSION = 1
+RESCUE_POOL = 512  # training images sampled to find where a dead first-stage option goes
 
 
 @dataclass
@@ -357,11 +358,14 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
 @torch.no_grad()
 def rescue_first_stage(refiner: Refiner, counts: torch.Tensor, train_pixels: torch.Tensor, step: int,
                        seed: int, dist_info: DistInfo) -> list[int]:
-    """Move first-stage options that (almost) nobody chose onto the images the first stage fits worst.
+    """Move first-stage options that (almost) nobody chose into the clusters of the most used ones.
 
     The alpha term pulls unused options toward the data, but at stage 0 (a fixed input, so a
-    fixed set of K images) an option stranded between clusters can stay unused for good. All
-    ranks compute the same choice from the shared data, so DDP replicas stay identical.
+    fixed set of K images) an option stranded between clusters can stay unused for good. As
+    k-means does with an empty cluster, each dead option is moved onto a training image that one
+    of the most used options claims (the i-th dead option into the i-th most used option's
+    cluster), so the two split that cluster. All ranks compute the same choice from the shared
+    data, so DDP replicas stay identical.
     """
     if dist_info.group:
         import torch.distributed as dist
@@ -373,11 +377,14 @@ def rescue_first_stage(refiner: Refiner, counts: torch.Tensor, train_pixels: tor
     if not dead:
         return []
     device = refiner.first_stage_bias.device
-    pool_rows = torch.randint(0, len(train_pixels), (256,), generator=torch.Generator().manual_seed(seed * 7919 + step))
+    pool_rows = torch.randint(0, len(train_pixels), (RESCUE_POOL,), generator=torch.Generator().manual_seed(seed * 7919 + step))
     target = refiner.normalise(train_pixels[pool_rows].to(device))
     proposals = refiner(refiner.start(1, device), 0)[0]  # [K, C, H, W], the same for every image
-    best = option_losses(proposals.expand(len(target), *proposals.shape), target).min(dim=1).values
-    for option, row in zip(dead, best.argsort(descending=True).tolist()):
+    owner = option_losses(proposals.expand(len(target), *proposals.shape), target).argmin(dim=1)
+    donors = [d for d in counts.argsort(descending=True, stable=True).tolist() if d not in dead]
+    for i, option in enumerate(dead):
+        members = (owner == donors[i % len(donors)]).nonzero().flatten()
+        row = int(members[0]) if len(members) else i % len(target)  # the pool is in random order
         refiner.first_stage_bias[option] += target[row] - proposals[option]
     return dead
 

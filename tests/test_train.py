@@ -93,25 +93,35 @@ def test_distributed_ranks_end_with_identical_weights(synthetic_npz, tmp_path):
     assert hashes[0][0] == hashes[0][1] == load_model_file(tmp_path / "ddp.pt").sha256
 
 
-def test_rescue_moves_dead_first_stage_options_onto_badly_fitted_images():
+def test_rescue_moves_dead_first_stage_options_into_the_most_used_clusters():
     import torch
 
+    from cloostcodec.search import option_losses
     from cloostcodec.train import DistInfo, rescue_first_stage
     from conftest import random_refiner, synthetic_digits
 
     refiner = random_refiner()
     pixels = torch.from_numpy(synthetic_digits(count=64)[0]).float().div(255).unsqueeze(1)
-    counts = torch.tensor([50, 0, 40, 2])  # options 1 and 3 are dead (under a tenth of 92/4)
-    before = refiner.first_stage_bias.detach().clone()
-    rescued = rescue_first_stage(refiner, counts, pixels, step=7, seed=0, dist_info=DistInfo())
-    assert rescued == [1, 3]
+    targets = refiner.normalise(pixels)
     with torch.no_grad():
-        proposals = refiner(refiner.start(1), 0)[0]
-        targets = refiner.normalise(pixels)
-    for option in rescued:
-        distances = (targets - proposals[option]).pow(2).flatten(1).mean(1)
-        assert distances.min() < 1e-10  # the option now proposes exactly a training image
-    assert torch.equal(refiner.first_stage_bias[[0, 2]], before[[0, 2]])
+        before = refiner(refiner.start(1), 0)[0]
+    owner = option_losses(before.expand(len(targets), *before.shape), targets).argmin(1)
+    used = owner.unique().tolist()
+    assert len(used) >= 2
+    counts = torch.zeros(4, dtype=torch.long)
+    counts[used[0]], counts[used[1]] = 40, 50  # every other option is dead (under a tenth of 90/4)
+    dead = [o for o in range(4) if o not in used[:2]]
+    bias = refiner.first_stage_bias.detach().clone()
+    rescued = rescue_first_stage(refiner, counts, pixels, step=7, seed=0, dist_info=DistInfo())
+    assert rescued == dead
+    with torch.no_grad():
+        after = refiner(refiner.start(1), 0)[0]
+    for i, option in enumerate(rescued):
+        donor = [used[1], used[0]][i % 2]  # the most used first
+        distances = (targets - after[option]).pow(2).flatten(1).mean(1)
+        assert distances.min() < 1e-10  # the option now proposes exactly a training image ...
+        assert owner[distances.argmin()] == donor  # ... that the donor option claimed
+    assert torch.equal(refiner.first_stage_bias[used[:2]], bias[used[:2]])
     assert rescue_first_stage(refiner, torch.tensor([5, 5, 5, 5]), pixels, 8, 0, DistInfo()) == []
 
 
