@@ -521,6 +521,10 @@ def write_pictures(pixels, grid_path, out_dir, columns, scale, force):
               help="Move first-stage options that were almost never chosen in this many steps (0: never).")
 @click.option("--first-stage-gradient/--no-first-stage-gradient", default=True, show_default=True,
               help="Let later stages' losses train the first stage (off: it learns only to partition the data).")
+@click.option("--kmeans-init/--no-kmeans-init", default=True, show_default=True,
+              help="Start the first stage's options at k-means centres of the training images.")
+@click.option("--init-from", metavar="MODEL",
+              help="Start from a trained model (name or .pt); with more --stages, added stages copy its last.")
 @click.option("--holdout", type=click.IntRange(0), default=500, show_default=True,
               help="Images held out of training for evaluation.")
 @click.option("--eval-every", type=click.IntRange(1), default=500, show_default=True)

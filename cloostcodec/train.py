@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .datasets import load_images, to_unit_float
-from .modelfile import atomic_torch_save, content_hash, save_model
+from .kmeans import kmeans
+from .modelfile import atomic_torch_save, content_hash, load_model, save_model
 from .refiner import ModelConfig, Refiner
 from .search import encode, option_losses, pick
 
@@ -53,6 +54,8 @@ class TrainSettings:
     grad_clip: float = 1.0
     rescue_every: int = 200  # re-seed first-stage options unused for this many steps (0: never)
     first_stage_gradient: bool = True  # False: later stages' losses do not shape the first stage
+    kmeans_init: bool = True  # start the first stage's K proposals at k-means centres of the data
+    init_from: str | None = None  # start from this trained model's weights (it may have fewer stages)
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -246,6 +249,14 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
         for key in ("stages", "options", "arch", "hidden", "core_layers", "alpha", "batch_size", "holdout"):
             setattr(settings, key, saved[key])
         config = ModelConfig.from_dict(checkpoint["config"])
+    elif settings.init_from:
+        start_model = load_model(settings.init_from)
+        config = grown_config(start_model.config, settings.stages)
+        if config.image_shape != tuple(train_pixels.shape[1:]):
+            raise ValueError(f"{settings.init_from}: model images are {config.image_shape}, "
+                             f"the data's are {tuple(train_pixels.shape[1:])}")
+        for key in ("options", "arch", "hidden", "core_layers"):
+            setattr(settings, key, getattr(config, key))
     else:
         mean, std = float(train_pixels.mean()), float(train_pixels.std())
         c, h, w = train_pixels.shape[1:]
@@ -255,6 +266,10 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
 
     torch.manual_seed(settings.seed)
     refiner = Refiner(config).to(device)
+    if checkpoint is None and settings.init_from:
+        refiner.load_state_dict(grown_state(start_model.refiner.state_dict(), config.stages))
+    elif checkpoint is None and settings.kmeans_init:
+        init_first_stage_kmeans(refiner, train_pixels, settings.seed)
     optimizer = torch.optim.Adam(refiner.parameters(), lr=settings.lr)
     sampler = torch.Generator().manual_seed(settings.seed * 1000 + dist_info.rank)
     step, elapsed_before = 0, 0.0
@@ -353,6 +368,43 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
 
             dist.destroy_process_group()
     return last_eval
+
+
+def grown_config(config: ModelConfig, stages: int) -> ModelConfig:
+    """The config of `config`'s model continued to `stages` stages (at least as many as it has)."""
+    if stages < config.stages:
+        raise ValueError(f"--stages {stages} is fewer than the {config.stages} stages of the starting model")
+    return ModelConfig.from_dict({**config.to_dict(), "stages": stages})
+
+
+def grown_state(state: dict, stages: int) -> dict:
+    """A trained model's weights for more stages: every added stage starts as a copy of its last.
+
+    Only the per-stage channel scales depend on the stage count; the network is shared, so a
+    model trained for n stages is a trained start for the first n stages of a longer one.
+    """
+    grown = {}
+    for name, tensor in state.items():
+        if name.startswith("scales.") and name.endswith(".scale") and len(tensor) < stages:
+            extra = tensor[-1:].expand(stages - len(tensor), -1)
+            tensor = torch.cat([tensor, extra])
+        grown[name] = tensor.clone()
+    return grown
+
+
+@torch.no_grad()
+def init_first_stage_kmeans(refiner: Refiner, train_pixels: torch.Tensor, seed: int, iterations: int = 20) -> None:
+    """Start the first stage's K proposals at the k-means centres of the training images.
+
+    Stage 0 always sees the same input, so its proposals are K fixed images and choosing among
+    them is a nearest-centre assignment: starting at k-means spares training the slow, skewed
+    climb from K near-identical images to K clusters.
+    """
+    target = refiner.normalise(train_pixels).flatten(1).numpy()
+    centres = torch.from_numpy(kmeans(target, refiner.config.options, iterations, seed))
+    device = refiner.first_stage_bias.device
+    proposals = refiner(refiner.start(1, device), 0)[0]
+    refiner.first_stage_bias += centres.view_as(proposals).to(device) - proposals
 
 
 @torch.no_grad()

@@ -20,8 +20,9 @@ def read_log(path):
 
 
 def test_short_training_lowers_loss_and_spreads_usage(synthetic_npz, tmp_path):
+    # from a plain random start: k-means would place the first stage on this easy data by itself
     settings = TrainSettings(data=str(synthetic_npz), out=str(tmp_path / "m"), steps=300, eval_every=100,
-                             log_every=10, warmup=20, lr=3e-3, **TINY)
+                             log_every=10, warmup=20, lr=3e-3, kmeans_init=False, **TINY)
     result = train(settings, quiet=True)
     losses = [r["loss"] for r in read_log(tmp_path / "m.log.jsonl") if "loss" in r]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
@@ -149,3 +150,48 @@ def test_without_first_stage_gradient_only_the_first_stage_loss_trains_its_bias(
     shared = bias_grad(Objective(refiner, alpha)(target)[0])
     assert torch.allclose(isolated, first_only, atol=1e-7)
     assert not torch.allclose(shared, first_only, atol=1e-5)  # later stages do shape it by default
+
+
+def test_kmeans_init_starts_the_first_stage_at_the_cluster_centres():
+    import torch
+
+    from cloostcodec.kmeans import kmeans
+    from cloostcodec.refiner import Refiner
+    from cloostcodec.train import init_first_stage_kmeans
+    from conftest import synthetic_digits, tiny_config
+
+    pixels = torch.from_numpy(synthetic_digits(count=200)[0]).float().div(255).unsqueeze(1)
+    refiner = Refiner(tiny_config())
+    init_first_stage_kmeans(refiner, pixels, seed=3)
+    with torch.no_grad():
+        proposals = refiner(refiner.start(1), 0)[0].flatten(1)
+    centres = torch.from_numpy(kmeans(refiner.normalise(pixels).flatten(1).numpy(), 4, seed=3))
+    assert torch.allclose(proposals, centres, atol=1e-5)
+    assert len(torch.unique(proposals, dim=0)) == 4  # K distinct images, not K copies of one
+
+
+def test_init_from_grows_a_trained_model_to_more_stages(synthetic_npz, tmp_path):
+    import torch
+
+    from cloostcodec.search import decode
+    from cloostcodec.train import grown_state
+
+    short = dict(data=str(synthetic_npz), steps=20, eval_every=20, warmup=5, **TINY)
+    train(TrainSettings(out=str(tmp_path / "short"), **short), quiet=True)
+    start = load_model_file(tmp_path / "short.pt")
+    grown = TrainSettings(out=str(tmp_path / "long"), **{**short, "stages": 4, "steps": 1})
+    grown.init_from = str(tmp_path / "short.pt")
+    train(grown, quiet=True)
+    longer = load_model_file(tmp_path / "long.pt")
+    assert longer.config.stages == 4 and longer.config.options == start.config.options
+
+    # before any training, the grown model decodes the old codes exactly as the old model did
+    refiner = type(start.refiner)(longer.config)
+    refiner.load_state_dict(grown_state(start.refiner.state_dict(), 4))
+    codes = torch.tensor([[0, 1], [3, 2], [2, 2]])
+    with torch.no_grad():
+        assert torch.equal(decode(refiner.eval(), codes), decode(start.refiner, codes))
+    too_few = TrainSettings(out=str(tmp_path / "fewer"), **{**short, "stages": 1})
+    too_few.init_from = str(tmp_path / "short.pt")
+    with pytest.raises(ValueError, match="fewer than the 2 stages"):
+        train(too_few, quiet=True)
