@@ -89,7 +89,7 @@ def main() -> None:
 - {facts['steps']:,} steps of batch {settings.get('batch_size')}, Adam lr {settings.get('lr')} with
   {settings.get('schedule')} decay, alpha {settings.get('alpha')}, in {facts['minutes']:.0f} minutes
   wall time, {settings.get('threads') or 'all'} CPU thread(s),
-  on a 2-core x86-64 development machine (another training run shared the machine),
+  on a 2-core x86-64 development machine,
   torch {torch.__version__}, Python {platform.python_version()}.
 - Last training loss {facts['loss']}; last held-out evaluation ({settings.get('holdout')} training digits):
   {last['psnr'] if last else 'n/a'} dB.
@@ -111,7 +111,8 @@ decoding). Usage entropy is that of the option chosen at each stage over the tes
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Greedy encoding ran at {encode_rate:,.0f} digits/s on one thread while measuring every stage.
+Greedy encoding ran at {encode_rate:,.0f} digits/s on one thread while measuring every stage
+(on a shared machine; `cloost bench` in BENCHMARKS.md measures speed properly).
 
 Beam search encoding (same files, same decoder):
 
