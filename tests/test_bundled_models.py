@@ -46,10 +46,10 @@ def test_model_card_names_the_weights_hash(name):
 
 
 def test_default_model_makes_12_byte_files_that_round_trip(sample_pixels):
-    image = (sample_pixels[0] * 255).round().to(torch.uint8).numpy()
+    image = (sample_pixels[0, 0] * 255).round().to(torch.uint8).numpy()  # [H, W]
     data = codec.compress(image)
     assert len(data) == 12
-    target = sample_pixels[0].numpy()
+    target = sample_pixels[0, 0].numpy()
     decoded = np.asarray(codec.decompress(data), dtype=np.float64).reshape(target.shape) / 255
 
     def psnr(guess):
