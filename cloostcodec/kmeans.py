@@ -130,14 +130,6 @@ def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator
     return centres, labels
 
 
-def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0) -> np.ndarray:
-    """The k centres [k, D] (float32) of Lloyd's k-means on the rows of x, seeded by k-means++."""
-    x = _as_data(x, None)
-    if len(x) < k:
-        raise ValueError(f"k-means needs at least {k} points, got {len(x)}")
-    return _kmeans(x, k, iterations, np.random.default_rng(seed))[0]
-
-
 class ResidualKMeans:
     """A fitted residual k-means codebook: `stages` codebooks of `options` centres in R^dim."""
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .datasets import load_images, to_unit_float
-from .kmeans import kmeans
+from .kmeans import ResidualKMeans
 from .modelfile import atomic_torch_save, content_hash, load_model, save_model
 from .refiner import ModelConfig, Refiner
 from .search import encode, option_losses, pick
@@ -401,7 +401,7 @@ def init_first_stage_kmeans(refiner: Refiner, train_pixels: torch.Tensor, seed: 
     climb from K near-identical images to K clusters.
     """
     target = refiner.normalise(train_pixels).flatten(1).numpy()
-    centres = torch.from_numpy(kmeans(target, refiner.config.options, iterations, seed))
+    centres = torch.from_numpy(ResidualKMeans.fit(target, 1, refiner.config.options, iterations, seed).centres[0])
     device = refiner.first_stage_bias.device
     proposals = refiner(refiner.start(1, device), 0)[0]
     refiner.first_stage_bias += centres.view_as(proposals).to(device) - proposals

@@ -155,7 +155,7 @@ def test_without_first_stage_gradient_only_the_first_stage_loss_trains_its_bias(
 def test_kmeans_init_starts_the_first_stage_at_the_cluster_centres():
     import torch
 
-    from cloostcodec.kmeans import kmeans
+    from cloostcodec.kmeans import ResidualKMeans
     from cloostcodec.refiner import Refiner
     from cloostcodec.train import init_first_stage_kmeans
     from conftest import synthetic_digits, tiny_config
@@ -165,7 +165,8 @@ def test_kmeans_init_starts_the_first_stage_at_the_cluster_centres():
     init_first_stage_kmeans(refiner, pixels, seed=3)
     with torch.no_grad():
         proposals = refiner(refiner.start(1), 0)[0].flatten(1)
-    centres = torch.from_numpy(kmeans(refiner.normalise(pixels).flatten(1).numpy(), 4, seed=3))
+    fitted = ResidualKMeans.fit(refiner.normalise(pixels).flatten(1).numpy(), stages=1, options=4, seed=3)
+    centres = torch.from_numpy(fitted.centres[0])
     assert torch.allclose(proposals, centres, atol=1e-5)
     assert len(torch.unique(proposals, dim=0)) == 4  # K distinct images, not K copies of one
 
