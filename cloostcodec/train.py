@@ -324,7 +324,7 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
         return settings.minutes is not None and time.time() - started >= settings.minutes * 60
 
     try:
-        while (settings.steps is None or step < settings.steps) and not out_of_time():
+        while settings.steps is None or step < settings.steps:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(settings, step)
             rows = torch.randint(0, len(train_pixels), (settings.batch_size,), generator=sampler)
@@ -350,7 +350,11 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
             if step % settings.eval_every == 0:
                 last_eval = _evaluate_and_log(refiner, held_out, step, elapsed(), log, history)
             progress.update(step, loss_value, elapsed(), last_eval)
-            if time.time() - last_checkpoint >= settings.checkpoint_minutes * 60:
+            time_up, checkpoint_due = _agreed(dist_info, device, out_of_time(),
+                                              time.time() - last_checkpoint >= settings.checkpoint_minutes * 60)
+            if time_up:
+                break
+            if checkpoint_due:
                 write_checkpoint()
                 last_checkpoint = time.time()
         if not history or history[-1]["step"] != step:
@@ -358,6 +362,12 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
         write_checkpoint()
         if dist_info.group:
             _log_rank_hashes(refiner, dist_info, log)
+            # A rank that tears its gloo connections down while a peer is still in its last
+            # collective can make that peer abort (SIGABRT) after a successful run: about one run
+            # in ten on this machine without this barrier.
+            import torch.distributed as dist
+
+            dist.barrier()
         progress.update(step, loss_value, elapsed(), last_eval, force=True)
     finally:
         progress.close()
@@ -439,6 +449,17 @@ def rescue_first_stage(refiner: Refiner, counts: torch.Tensor, train_pixels: tor
         row = int(members[0]) if len(members) else i % len(target)  # the pool is in random order
         refiner.first_stage_bias[option] += target[row] - proposals[option]
     return dead
+
+
+def _agreed(dist_info: DistInfo, device: torch.device, *flags: bool) -> list[bool]:
+    """Flags that every rank must act on together (each rank's clock differs): true if true on any."""
+    if not dist_info.group:
+        return list(flags)
+    import torch.distributed as dist
+
+    votes = torch.tensor([int(flag) for flag in flags], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return [bool(vote) for vote in votes]
 
 
 def _log_rank_hashes(refiner: Refiner, dist_info: DistInfo, log) -> None:

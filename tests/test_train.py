@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -80,15 +81,22 @@ def test_train_cli_runs_and_writes_model_log_checkpoint(synthetic_npz, tmp_path)
     assert evals[-1]["step"] == 3 and len(evals[-1]["entropy"]) == 2
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_distributed_ranks_end_with_identical_weights(synthetic_npz, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}",
            "-m", "cloostcodec", "train", "--data", str(synthetic_npz), "--out", str(out), "--steps", "5",
            "--stages", "2", "--options", "4", "--hidden", "8", "--core-layers", "1", "--holdout", "32",
-           "--threads", "1", "-q"]
+           "--threads", "1", "--checkpoint-minutes", "0.0001", "-q"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-1500:]
     hashes = [r["rank_hashes"] for r in read_log(tmp_path / "ddp.log.jsonl") if "rank_hashes" in r]
     assert len(hashes) == 1 and len(hashes[0]) == 2
     assert hashes[0][0] == hashes[0][1] == load_model_file(tmp_path / "ddp.pt").sha256
