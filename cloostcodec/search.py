@@ -1,8 +1,8 @@
 """Encoding (searching for the code of an image) and decoding (replaying a code).
 
-Everything works on batches of normalised images in model space. Decoding replays exactly the
-operations of the encoder, so on the same device and dtype it reproduces the encoder's own
-reconstruction bit for bit.
+Everything works on batches of normalised images in model space; inside, the search runs in the
+refiner's cell layout (`Refiner.to_cells`). Decoding replays exactly the operations of the
+encoder, so on the same device and dtype it reproduces the encoder's own reconstruction bit for bit.
 """
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ from .refiner import Refiner
 def option_losses(proposals: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of every proposal: [B, K, C, H, W] vs [B, C, H, W] -> [B, K]."""
     return (proposals - target.unsqueeze(1)).pow(2).flatten(2).mean(dim=2)
+
+
+def offset_losses(offsets: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of every proposal `current + offset`, given residual = target - current.
+
+    |r - o|^2 = |r|^2 - 2 r.o + |o|^2: two read-only passes over the K offsets instead of
+    building every proposal and its error (the elementwise work was 40% of a greedy encode).
+    [B, K, ...] offsets and [B, ...] residual -> [B, K].
+    """
+    flat, r = offsets.flatten(2), residual.flatten(1)
+    cross = torch.bmm(flat, r.unsqueeze(2)).squeeze(2)
+    own = torch.linalg.vector_norm(flat, dim=2).square()
+    return (r.square().sum(1, keepdim=True) - 2 * cross + own) / r.shape[1]
 
 
 def pick(proposals: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -34,14 +47,15 @@ def encode(model: Refiner, target: torch.Tensor, stages: int | None = None, beam
     stages = model.config.stages if stages is None else stages
     if beam > 1:
         return _best_of(target, _beam_encode(model, target, stages, beam), encode(model, target, stages))
-    current = model.start(target.shape[0], target.device, target.dtype)
+    goal = model.to_cells(target)
+    current = model.to_cells(model.start(target.shape[0], target.device, target.dtype))
     indices, recons = [], []
     for stage in range(stages):
-        proposals = model(current, stage)
-        index = option_losses(proposals, target).argmin(dim=1)
-        current = pick(proposals, index)
+        offsets = model.offsets(current, stage)
+        index = offset_losses(offsets, goal - current).argmin(dim=1)
+        current = current + pick(offsets, index)
         indices.append(index)
-        recons.append(current)
+        recons.append(model.from_cells(current))
     return Encoding(_stack(indices, target), recons)
 
 
@@ -52,26 +66,27 @@ def _beam_encode(model: Refiner, target: torch.Tensor, stages: int, width: int) 
     rule as argmin, so a beam of width 1 makes the greedy choices.
     """
     batch, k = target.shape[0], model.config.options
-    shape = target.shape[1:]
-    current = model.start(batch, target.device, target.dtype)  # [B*W', C, H, W], W' grows to W
+    goal = model.to_cells(target)
+    shape = goal.shape[1:]
+    current = model.to_cells(model.start(batch, target.device, target.dtype))  # [B*W', ...], W' grows to W
     codes = torch.zeros(batch, 1, 0, dtype=torch.long, device=target.device)  # [B, W', t]
     history = torch.zeros(batch, 1, 0, *shape, dtype=target.dtype, device=target.device)
     beams = 1
     for stage in range(stages):
-        proposals = model(current, stage)  # [B*W', K, ...]
-        losses = option_losses(proposals, target.repeat_interleave(beams, dim=0))
+        offsets = model.offsets(current, stage)  # [B*W', K, ...]
+        losses = offset_losses(offsets, goal.repeat_interleave(beams, dim=0) - current)
         losses = losses.view(batch, beams * k)
         keep = min(width, beams * k)
         order = torch.sort(losses, dim=1, stable=True).indices[:, :keep]  # [B, keep]
         parent, option = order // k, order % k
         rows = torch.arange(batch, device=target.device).unsqueeze(1)
-        flat = proposals.view(batch, beams * k, *shape)
-        current = flat[rows, order].reshape(batch * keep, *shape)
+        kept = current.view(batch, beams, *shape)[rows, parent] + offsets.view(batch, beams * k, *shape)[rows, order]
+        current = kept.reshape(batch * keep, *shape)
         codes = torch.cat([codes[rows, parent], option.unsqueeze(2)], dim=2)
-        history = torch.cat([history[rows, parent], flat[rows, order].unsqueeze(2)], dim=2)
+        history = torch.cat([history[rows, parent], kept.unsqueeze(2)], dim=2)
         beams = keep
     # the beams are sorted by their final loss, so beam 0 is the best code
-    return Encoding(codes[:, 0], [history[:, 0, t] for t in range(stages)])
+    return Encoding(codes[:, 0], [model.from_cells(history[:, 0, t]) for t in range(stages)])
 
 
 def _best_of(target: torch.Tensor, first: Encoding, second: Encoding) -> Encoding:
@@ -94,10 +109,10 @@ def decode(model: Refiner, indices: torch.Tensor, stages: int | None = None) -> 
     stages = indices.shape[1] if stages is None else stages
     if stages > indices.shape[1]:
         raise ValueError(f"asked for {stages} stages but the codes hold {indices.shape[1]}")
-    current = model.start(indices.shape[0], indices.device, model.first_stage_bias.dtype)
+    current = model.to_cells(model.start(indices.shape[0], indices.device, model.first_stage_bias.dtype))
     for stage in range(stages):
-        current = pick(model(current, stage), indices[:, stage])
-    return current
+        current = current + pick(model.offsets(current, stage), indices[:, stage])
+    return model.from_cells(current)
 
 
 def _stack(indices: list, like: torch.Tensor) -> torch.Tensor:

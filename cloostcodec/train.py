@@ -21,7 +21,7 @@ from .datasets import load_images, to_unit_float
 from .kmeans import ResidualKMeans
 from .modelfile import atomic_torch_save, content_hash, load_model, save_model
 from .refiner import ModelConfig, Refiner
-from .search import encode, option_losses, pick
+from .search import encode, offset_losses, option_losses, pick
 
 CHECKPOINT_VERSION = 1
 RESCUE_POOL = 512  # training images sampled to find where a dead first-stage option goes
@@ -80,15 +80,16 @@ class Objective(nn.Module):
 
     def forward(self, target: torch.Tensor):
         refiner = self.refiner
-        current = refiner.start(target.shape[0], target.device, target.dtype)
+        goal = refiner.to_cells(target)
+        current = refiner.to_cells(refiner.start(target.shape[0], target.device, target.dtype))
         total = target.new_zeros(())
         chosen = []
         for stage in range(refiner.config.stages):
-            proposals = refiner(current, stage)
-            losses = option_losses(proposals, target)
+            offsets = refiner.offsets(current, stage)
+            losses = offset_losses(offsets, goal - current)
             index = losses.detach().argmin(dim=1)
             total = total + losses.gather(1, index[:, None]).mean() + self.alpha * losses.mean()
-            current = pick(proposals, index)
+            current = current + pick(offsets, index)
             if stage == 0 and not self.first_stage_gradient:
                 # the first stage then learns only to partition the data (online k-means), not to
                 # be a convenient start for later stages, which skews its usage toward a few options
