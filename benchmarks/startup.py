@@ -88,8 +88,11 @@ def main() -> None:
         cases = [
             ("cloost --version", [*cloost, "--version"]),
             ("cloost --help", [*cloost, "--help"]),
+            ("python -c 'import torch'", [sys.executable, "-c", "import torch"]),  # the floor of any command that runs a model
             ("cloost compress (1 image)", [*cloost, "compress", str(digit), "-o", str(output), "-f",
                                            "-m", model]),
+            ("cloost decompress (1 file)", [*cloost, "decompress", str(output), "-o", str(folder / "back.png"),
+                                            "-f"]),
         ]
         print(f"{' '.join(cloost)}; model for compress: {model} ({how}); {args.runs} runs each, wall time")
         print()

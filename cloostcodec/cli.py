@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import DEFAULT_BEAM, __version__
 
 BATCH = 512
 
@@ -181,7 +181,8 @@ def emit(data: bytes, target: str, force: bool, binary: bool = True) -> None:
 @model_option()
 @click.option("--stages", type=int, help="Store only the first n stages (a smaller, coarser file).")
 @click.option("--fit", is_flag=True, help="Convert an arbitrary digit picture to the model's input first.")
-@click.option("--beam", type=click.IntRange(1), default=1, show_default=True, help="Beam width of the search.")
+@click.option("--beam", type=click.IntRange(1), default=DEFAULT_BEAM, show_default=True,
+              help="Beam width of the search (1: greedy, fastest).")
 @device_option
 @verbosity
 def compress(inputs, output, output_dir, force, model, stages, fit, beam, device, quiet, verbose):
@@ -293,7 +294,8 @@ def describe_model_for(file_id: bytes, extra) -> str:
 @click.option("--data", required=True, help="IDX folder or file, .npz, or a folder of images.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Use only the first N images.")
-@click.option("--beam", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--beam", type=click.IntRange(1), default=DEFAULT_BEAM, show_default=True,
+              help="Beam width of the search (1: greedy, fastest).")
 @click.option("--json", "json_path", help="Also write the figures as JSON.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing JSON file.")
 @model_option()
@@ -403,7 +405,8 @@ def stages(input, output, all_options, scale, fit, force, model, device):
               help="Which split of an IDX folder or .npz.")
 @click.option("-o", "--output", required=True, help="Codes as a .npy array [N, stages].")
 @click.option("--stages", type=click.IntRange(0), help="Keep the first n stages.")
-@click.option("--beam", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--beam", type=click.IntRange(1), default=DEFAULT_BEAM, show_default=True,
+              help="Beam width of the search (1: greedy, fastest).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
 @model_option()
 @device_option
@@ -573,7 +576,8 @@ def _int_list(low: int, high: int | None = None):
 @click.option("--baselines", is_flag=True, help="Add residual k-means with the stages and options of each model.")
 @click.option("--train-data", help="Training images for --baselines [default: ../shared/data/mnist].")
 @click.option("--cache-dir", help="Where fitted baselines are cached [default: ~/.cache/cloost].")
-@click.option("--beam", "beams", callback=_int_list(1), help="Beam widths to add at full stages, e.g. 2,4,8.")
+@click.option("--beam", "beams", callback=_int_list(1), default=str(DEFAULT_BEAM), show_default=True,
+              help="Beam widths to add at full stages, e.g. 2,4,8 (the stage rows are greedy).")
 @click.option("--qualities", callback=_int_list(1, 100), default="5,10,20,30,50,75,90", show_default=True,
               help="JPEG and WebP qualities shown in the table (the headline uses a sweep of 1..100).")
 @click.option("--single-images", type=click.IntRange(1), default=20, show_default=True,

@@ -10,7 +10,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from . import bitformat
+from . import DEFAULT_BEAM, bitformat
 from .images import prepare, to_image
 from .modelfile import LoadedModel, ModelError, bundled_models, load_model_file, resolve_model
 from .search import decode, encode
@@ -67,7 +67,7 @@ def images_to_tensor(images: list, model: LoadedModel, fit: bool = False) -> tor
 
 @torch.inference_mode()
 def encode_images(images: list, model: LoadedModel, stages: int | None = None, fit: bool = False,
-                  beam: int = 1) -> torch.Tensor:
+                  beam: int = DEFAULT_BEAM) -> torch.Tensor:
     """Images -> codes [B, n] (int64, on the CPU)."""
     stages = check_stages(stages, model)
     if beam < 1:
@@ -91,14 +91,14 @@ def decode_codes(codes: torch.Tensor, model: LoadedModel, batch: int = 1024) -> 
 
 
 def compress_batch(images: list, model=DEFAULT_MODEL, stages: int | None = None, fit: bool = False,
-                   beam: int = 1, device: str = "cpu") -> list[bytes]:
+                   beam: int = DEFAULT_BEAM, device: str = "cpu") -> list[bytes]:
     loaded = load_model(model, device)
     codes = encode_images(images, loaded, stages, fit, beam)
     file_id, bits = model_id(loaded), loaded.config.bits_per_stage
     return [bitformat.pack(bitformat.ClstFile(file_id, bits, tuple(int(i) for i in row))) for row in codes]
 
 
-def compress(image, model=DEFAULT_MODEL, stages: int | None = None, fit: bool = False, beam: int = 1,
+def compress(image, model=DEFAULT_MODEL, stages: int | None = None, fit: bool = False, beam: int = DEFAULT_BEAM,
              device: str = "cpu") -> bytes:
     """One image (path, PIL image, uint8 array or encoded bytes) -> .clst bytes."""
     return compress_batch([image], model, stages, fit, beam, device)[0]

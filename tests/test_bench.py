@@ -88,7 +88,7 @@ def test_psnr_matches_an_independent_measurement(bench_run, tiny_model):
     _, table, _ = bench_run
     model = codec.load_model(tiny_model)
     images = sample_images()
-    codes = codec.encode_images(list(images), model)
+    codes = codec.encode_images(list(images), model, beam=1)  # the stage rows are greedy
     for n in (1, STAGES):
         decoded = codec.decode_codes(codes[:, :n], model).astype(np.float64) / 255.0
         mse = np.mean((decoded - images / 255.0) ** 2)
