@@ -527,7 +527,8 @@ def write_pictures(pixels, grid_path, out_dir, columns, scale, force):
 @click.option("--kmeans-init/--no-kmeans-init", default=True, show_default=True,
               help="Start the first stage's options at k-means centres of the training images.")
 @click.option("--init-from", metavar="MODEL",
-              help="Start from a trained model (name or .pt); with more --stages, added stages copy its last.")
+              help="Start from a trained model (name or .pt); with more --stages, added stages copy its last; "
+                   "with fewer, its first stages.")
 @click.option("--holdout", type=click.IntRange(0), default=500, show_default=True,
               help="Images held out of training for evaluation.")
 @click.option("--eval-every", type=click.IntRange(1), default=500, show_default=True)

@@ -55,7 +55,7 @@ class TrainSettings:
     rescue_every: int = 200  # re-seed first-stage options unused for this many steps (0: never)
     first_stage_gradient: bool = True  # False: later stages' losses do not shape the first stage
     kmeans_init: bool = True  # start the first stage's K proposals at k-means centres of the data
-    init_from: str | None = None  # start from this trained model's weights (it may have fewer stages)
+    init_from: str | None = None  # start from this trained model's weights (it may have more or fewer stages)
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -382,23 +382,23 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
 
 
 def grown_config(config: ModelConfig, stages: int) -> ModelConfig:
-    """The config of `config`'s model continued to `stages` stages (at least as many as it has)."""
-    if stages < config.stages:
-        raise ValueError(f"--stages {stages} is fewer than the {config.stages} stages of the starting model")
+    """The config of `config`'s model continued (or cut) to `stages` stages."""
     return ModelConfig.from_dict({**config.to_dict(), "stages": stages})
 
 
 def grown_state(state: dict, stages: int) -> dict:
-    """A trained model's weights for more stages: every added stage starts as a copy of its last.
+    """A trained model's weights for another stage count.
 
     Only the per-stage channel scales depend on the stage count; the network is shared, so a
-    model trained for n stages is a trained start for the first n stages of a longer one.
+    model trained for n stages is a trained start for the first n stages of a longer one (every
+    added stage starts as a copy of its last), and its first m stages are a model of m stages.
     """
     grown = {}
     for name, tensor in state.items():
-        if name.startswith("scales.") and name.endswith(".scale") and len(tensor) < stages:
-            extra = tensor[-1:].expand(stages - len(tensor), -1)
-            tensor = torch.cat([tensor, extra])
+        if name.startswith("scales.") and name.endswith(".scale"):
+            if len(tensor) < stages:
+                tensor = torch.cat([tensor, tensor[-1:].expand(stages - len(tensor), -1)])
+            tensor = tensor[:stages]
         grown[name] = tensor.clone()
     return grown
 

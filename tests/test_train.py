@@ -200,7 +200,23 @@ def test_init_from_grows_a_trained_model_to_more_stages(synthetic_npz, tmp_path)
     codes = torch.tensor([[0, 1], [3, 2], [2, 2]])
     with torch.no_grad():
         assert torch.equal(decode(refiner.eval(), codes), decode(start.refiner, codes))
-    too_few = TrainSettings(out=str(tmp_path / "fewer"), **{**short, "stages": 1})
-    too_few.init_from = str(tmp_path / "short.pt")
-    with pytest.raises(ValueError, match="fewer than the 2 stages"):
-        train(too_few, quiet=True)
+
+
+def test_init_from_a_longer_model_keeps_its_first_stages(synthetic_npz, tmp_path):
+    import torch
+
+    from cloostcodec.search import decode
+    from cloostcodec.train import grown_config, grown_state
+
+    settings = dict(data=str(synthetic_npz), steps=20, eval_every=20, warmup=5, **{**TINY, "stages": 3})
+    train(TrainSettings(out=str(tmp_path / "long"), **settings), quiet=True)
+    long = load_model_file(tmp_path / "long.pt")
+    cut = type(long.refiner)(grown_config(long.config, 2))
+    cut.load_state_dict(grown_state(long.refiner.state_dict(), 2))
+    codes = torch.tensor([[0, 1, 2], [3, 2, 1], [2, 2, 0]])
+    with torch.no_grad():
+        assert torch.equal(decode(cut.eval(), codes[:, :2]), decode(long.refiner, codes, stages=2))
+    shorter = TrainSettings(out=str(tmp_path / "short"), **{**settings, "stages": 2, "steps": 1})
+    shorter.init_from = str(tmp_path / "long.pt")
+    train(shorter, quiet=True)
+    assert load_model_file(tmp_path / "short.pt").config.stages == 2
