@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cloostcodec import bitformat, modelfile
+from cloostcodec import DEFAULT_BEAM, bitformat, modelfile
 from cloostcodec.datasets import load_images, to_unit_float
 from cloostcodec.train import evaluate
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="The exact `cloost train` command.")
     parser.add_argument("--note", default="", help="How the run departed from that command, if it did.")
     parser.add_argument("--data", default="../shared/data/mnist")
-    parser.add_argument("--beams", default="4,16")
+    parser.add_argument("--beams", default="4,8,16")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
 
@@ -65,7 +65,8 @@ def main() -> None:
     for i, value in enumerate(greedy["psnr_per_stage"]):
         rows.append(f"| {i + 1} | {(i + 1) * cfg.bits_per_stage} | {value:.2f} | {greedy['entropy'][i]:.3f} | "
                     f"{greedy['entropy_frac'][i]:.1%} | {greedy['options_used'][i]}/{cfg.options} |")
-    beam_rows = [f"| {w} | {p:.2f} | {p - greedy['psnr']:+.2f} |" for w, p in beams.items()]
+    beam_rows = [f"| {w}{' (the default)' if w == DEFAULT_BEAM else ''} | {p:.2f} | {p - greedy['psnr']:+.2f} |"
+                 for w, p in beams.items()]
     last = facts["eval"]
     curve = [f"| {e['step']:,} | {e['elapsed'] / 60:.0f} | {e['psnr']:.2f} | {min(e['entropy_frac']):.1%} |"
              for e in facts["evals"]]
@@ -114,13 +115,15 @@ decoding). Usage entropy is that of the option chosen at each stage over the tes
 Greedy encoding ran at {encode_rate:,.0f} digits/s on one thread while measuring every stage
 (on a shared machine; `cloost bench` in BENCHMARKS.md measures speed properly).
 
-Beam search encoding (same files, same decoder):
+Beam search encoding (same files, same decoder; `cloost compress` searches with a beam of
+{DEFAULT_BEAM} unless given `--beam`):
 
 | beam width | PSNR dB | gain over greedy |
 |---|---|---|
 {chr(10).join(beam_rows)}
 
-Reproduce: `cloost evaluate --data {args.data} --split test -m {args.name}` (add `--beam W`).
+Reproduce: `cloost evaluate --data {args.data} --split test -m {args.name} --beam W` (W = 1 for the
+greedy table above).
 """
     args.output.write_text(text)
     print(f"wrote {args.output}")
