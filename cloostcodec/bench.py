@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import bitformat
+from . import DEFAULT_BEAM, bitformat
 
 SAMPLE_SET = "mnist-test-200.npz"
 DEFAULT_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
@@ -99,6 +99,7 @@ class Headline:
     file_bytes: float
     psnr: float
     matches: list[Match]
+    encoder: str  # "greedy", or "beam W" when the codec's default beam was measured
 
 
 @dataclass
@@ -359,10 +360,16 @@ class Benchmark:
 
     def result(self) -> BenchResult:
         headlines = []
+        beam_families = {f.name: f for f in self.families if f.kind == "beam"}
         for model, family in zip(self.models, [f for f in self.families if f.kind == "cloost"]):
-            full = family.rows[-1]
+            # what `cloost compress` makes: the default beam's row when it was measured
+            beams = beam_families.get(f"{family.name} beam")
+            default = [row for row in (beams.rows if beams else []) if row.beam == DEFAULT_BEAM]
+            full = default[0] if default else family.rows[-1]
+            encoder = f"beam {DEFAULT_BEAM}" if default else "greedy"
             matches = [match_psnr(sweep, full.psnr) for sweep in self.sweeps.values()]
-            headlines.append(Headline(model.name, model.config.stages, full.file_bytes, full.psnr, matches))
+            headlines.append(Headline(model.name, model.config.stages, full.file_bytes, full.psnr, matches,
+                                      encoder))
         return BenchResult(self.dataset, len(self.images), self.height, self.width, self.families,
                            headlines, self.sweeps, self.notes)
 
@@ -602,7 +609,7 @@ def headline_text(result: BenchResult) -> str:
                 parts.append(f"{m.codec} needs {m.bytes:.1f} bytes ({m.bytes / h.file_bytes:.1f}x as many, "
                              f"about quality {m.quality:.0f})")
         sentence = (f"At the PSNR of {h.model} ({h.psnr:.2f} dB in {h.file_bytes:.0f} bytes per image, "
-                    f"{h.stages} stages)")
+                    f"{h.stages} stages, {h.encoder})")
         if parts:
             sentence += ", " + "; ".join(parts) + "."
         else:

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cloostcodec import bench, bitformat, codec
+from cloostcodec import DEFAULT_BEAM, bench, bitformat, codec
 from cloostcodec.cli import main
 from cloostcodec.datasets import load_images
 from cloostcodec.kmeans import ResidualKMeans
@@ -133,9 +133,19 @@ def test_beam_row_costs_the_same_bytes_and_does_not_lose_quality(bench_run):
 
 
 def test_headline_answers_the_question(bench_run):
-    result, _, _ = bench_run
-    assert "At the PSNR of tiny" in result.stdout
+    result, table, _ = bench_run
+    greedy = table["cloost tiny"][f"stages {STAGES}"]["PSNR dB"]
+    # only beam 2 was measured, so the headline is about greedy encoding
+    assert f"At the PSNR of tiny ({greedy} dB in 10 bytes per image, {STAGES} stages, greedy)" in result.stdout
     assert "JPEG" in result.stdout.split("At the PSNR of tiny")[1]
+
+
+def test_headline_is_about_the_default_encoder_when_it_was_measured(tiny_model):
+    result = run("-m", tiny_model, "--limit", 5, "--beam", f"2,{DEFAULT_BEAM}", "--qualities", "50")
+    assert result.exit_code == 0, result.output
+    beam = parse_table(result.stdout)["cloost tiny beam"][f"beam {DEFAULT_BEAM}"]["PSNR dB"]
+    assert f"At the PSNR of tiny ({beam} dB in 10 bytes per image, {STAGES} stages, beam {DEFAULT_BEAM})" \
+        in result.stdout
 
 
 def test_json_has_the_compressai_like_schema(bench_run, tiny_model):
