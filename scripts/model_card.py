@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="The exact `cloost train` command.")
     parser.add_argument("--note", default="", help="How the run departed from that command, if it did.")
     parser.add_argument("--data", default="../shared/data/mnist")
-    parser.add_argument("--beams", default="4,8,16")
+    parser.add_argument("--beams", default="2,4,8,16")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
 
@@ -56,7 +56,10 @@ def main() -> None:
     start = time.perf_counter()
     greedy = evaluate(refiner, pixels)
     encode_rate = len(pixels) / (time.perf_counter() - start)
-    beams = {int(w): evaluate(refiner, pixels, beam=int(w))["psnr"] for w in args.beams.split(",")}
+    beams = {}  # width -> (PSNR, digits/s)
+    for width in map(int, args.beams.split(",")):
+        start = time.perf_counter()
+        beams[width] = (evaluate(refiner, pixels, beam=width)["psnr"], len(pixels) / (time.perf_counter() - start))
     facts = training_facts(args.log)
     settings = loaded.extra.get("settings", {})
     params = sum(p.numel() for p in refiner.parameters())
@@ -65,8 +68,8 @@ def main() -> None:
     for i, value in enumerate(greedy["psnr_per_stage"]):
         rows.append(f"| {i + 1} | {(i + 1) * cfg.bits_per_stage} | {value:.2f} | {greedy['entropy'][i]:.3f} | "
                     f"{greedy['entropy_frac'][i]:.1%} | {greedy['options_used'][i]}/{cfg.options} |")
-    beam_rows = [f"| {w}{' (the default)' if w == DEFAULT_BEAM else ''} | {p:.2f} | {p - greedy['psnr']:+.2f} |"
-                 for w, p in beams.items()]
+    beam_rows = [f"| {w}{' (the default)' if w == DEFAULT_BEAM else ''} | {p:.2f} | {p - greedy['psnr']:+.2f} | "
+                 f"{rate:,.0f} | {encode_rate / rate:.1f}x |" for w, (p, rate) in beams.items()]
     last = facts["eval"]
     curve = [f"| {e['step']:,} | {e['elapsed'] / 60:.0f} | {e['psnr']:.2f} | {min(e['entropy_frac']):.1%} |"
              for e in facts["evals"]]
@@ -118,8 +121,8 @@ Greedy encoding ran at {encode_rate:,.0f} digits/s on one thread while measuring
 Beam search encoding (same files, same decoder; `cloost compress` searches with a beam of
 {DEFAULT_BEAM} unless given `--beam`):
 
-| beam width | PSNR dB | gain over greedy |
-|---|---|---|
+| beam width | PSNR dB | gain over greedy | digits/s (one thread) | time, of greedy |
+|---|---|---|---|---|
 {chr(10).join(beam_rows)}
 
 Reproduce: `cloost evaluate --data {args.data} --split test -m {args.name} --beam W` (W = 1 for the
