@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 from .bench import BenchResult
 
@@ -62,7 +63,7 @@ def render(result: BenchResult, title: str | None = None) -> bytes:
         ax.set_xscale("log")
         ax.set_xlabel("bits per image (file, header included)")
         ax.set_ylabel("PSNR (dB)")
-        ax.set_title(title or f"{result.images} images from {result.dataset}", fontsize=9)
+        ax.set_title(title or f"{result.images} images from {Path(result.dataset).name}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         buffer = io.BytesIO()
