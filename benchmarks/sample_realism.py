@@ -15,7 +15,6 @@ import argparse
 import math
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -98,8 +97,7 @@ def main() -> None:
     for name in bundled_models():
         model = codec.load_model(name)
         pixels = codec.decode_codes(random_codes(model, args.count, seed=args.seed), model)
-        samples = torch.from_numpy(pixels.astype(np.float32) / 255.0).reshape(len(pixels), 1, *pixels.shape[-2:])
-        print(summary(f"cloost sample, {name}", probabilities(net, samples)))
+        print(summary(f"cloost sample, {name}", probabilities(net, torch.from_numpy(to_unit_float(pixels)))))
     print(f"\nclasses: how many of the ten digits get at least 2% of the images; class entropy: "
           f"of the predicted classes, as a share of ln 10 (100% = all ten equally often).")
 

@@ -364,9 +364,9 @@ class Benchmark:
         for model, family in zip(self.models, [f for f in self.families if f.kind == "cloost"]):
             # what `cloost compress` makes: the default beam's row when it was measured
             beams = beam_families.get(f"{family.name} beam")
-            default = [row for row in (beams.rows if beams else []) if row.beam == DEFAULT_BEAM]
-            full = default[0] if default else family.rows[-1]
-            encoder = f"beam {DEFAULT_BEAM}" if default else "greedy"
+            default = next((row for row in (beams.rows if beams else []) if row.beam == DEFAULT_BEAM), None)
+            full = family.rows[-1] if default is None else default
+            encoder = "greedy" if default is None else f"beam {DEFAULT_BEAM}"
             matches = [match_psnr(sweep, full.psnr) for sweep in self.sweeps.values()]
             headlines.append(Headline(model.name, model.config.stages, full.file_bytes, full.psnr, matches,
                                       encoder))
