@@ -251,6 +251,7 @@ class Benchmark:
         self.models = self._load_models()
         self.train_path = self._train_path() if settings.baselines else None
         self.families: list[Family] = []
+        self.model_curves: list[tuple[Family, Family | None]] = []  # per model: (stage prefixes, beams)
         self.sweeps: dict[str, Family] = {}
         self.notes: list[str] = []
         self._codes: dict[str, object] = {}
@@ -307,6 +308,7 @@ class Benchmark:
             for n in range(model.config.stages + 1):
                 plan.append(Step(f"{model.name}: {n} stages",
                                  lambda m=model, f=family, n=n: self._cloost_prefix(m, f, n)))
+            beams = None
             if self.settings.beams:
                 beams = Family(f"cloost {model.name} beam", "beam",
                                f"{_model_description(model)}; full stages, beam search of width W")
@@ -314,6 +316,7 @@ class Benchmark:
                 for width in self.settings.beams:
                     plan.append(Step(f"{model.name}: beam {width}",
                                      lambda m=model, f=beams, w=width: self._cloost_beam(m, f, w)))
+            self.model_curves.append((family, beams))
         if self.train_path is not None:
             configs = []
             for model in self.models:
@@ -360,10 +363,8 @@ class Benchmark:
 
     def result(self) -> BenchResult:
         headlines = []
-        beam_families = {f.name: f for f in self.families if f.kind == "beam"}
-        for model, family in zip(self.models, [f for f in self.families if f.kind == "cloost"]):
+        for model, (family, beams) in zip(self.models, self.model_curves):
             # what `cloost compress` makes: the default beam's row when it was measured
-            beams = beam_families.get(f"{family.name} beam")
             default = next((row for row in (beams.rows if beams else []) if row.beam == DEFAULT_BEAM), None)
             full = family.rows[-1] if default is None else default
             encoder = "greedy" if default is None else f"beam {DEFAULT_BEAM}"

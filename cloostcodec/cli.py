@@ -547,6 +547,13 @@ def train(quiet, resume, **options):
     if not quiet and result:
         click.echo(f"held-out PSNR {result['psnr']:.2f} dB after {result['step']} steps; "
                    f"usage entropy min {min(result['entropy_frac']):.0%} of ln K", err=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A gloo worker thread can still be freeing the last collective's tensors, which needs the
+        # GIL; if the interpreter is finalising by then, the rank aborts (SIGABRT) after a successful
+        # run (about one run in 60 here; pytorch/pytorch#179291). Everything is written and closed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _int_list(low: int, high: int | None = None):

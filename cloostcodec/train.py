@@ -363,9 +363,8 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
         write_checkpoint()
         if dist_info.group:
             _log_rank_hashes(refiner, dist_info, log)
-            # A rank that tears its gloo connections down while a peer is still in its last
-            # collective can make that peer abort (SIGABRT) after a successful run: about one run
-            # in ten on this machine without this barrier.
+            # No rank tears its gloo connections down while a peer is still in its last
+            # collective (that made the peer abort in about one run in ten).
             import torch.distributed as dist
 
             dist.barrier()
