@@ -115,7 +115,10 @@ class Refiner(nn.Module):
 
     def offsets(self, current: torch.Tensor, stage: int) -> torch.Tensor:
         """What each of the K proposals adds to `current` (cell layout): [B, K, *cell shape]."""
-        cfg = self.config
+        return self.all_offsets(self.features(current, stage), stage)
+
+    def features(self, current: torch.Tensor, stage: int) -> torch.Tensor:
+        """The network up to its head: what every proposal of `current` is computed from."""
         x = current
         scales = iter(self.scales)
         for conv in self.down:
@@ -124,12 +127,42 @@ class Refiner(nn.Module):
             x = x + torch.relu(next(scales)(conv(x), stage))
         for conv in self.up:
             x = torch.relu(next(scales)(conv(x), stage))
+        return x
+
+    def all_offsets(self, features: torch.Tensor, stage: int) -> torch.Tensor:
+        """The head on `features`: the K offsets, [B, K, *cell shape]."""
+        cfg = self.config
         # the learned output scale folded into the head's weights: one pass less over K images
         head, scale = self.head, self.output_scale
-        offsets = nn.functional.conv2d(x, head.weight * scale, head.bias * scale, head.stride, head.padding)
-        offsets = offsets.view(current.shape[0], cfg.options, *current.shape[1:])
+        offsets = nn.functional.conv2d(features, head.weight * scale, head.bias * scale, head.stride, head.padding)
+        offsets = offsets.view(features.shape[0], cfg.options, -1, *offsets.shape[2:])
         if stage == 0:
             offsets = offsets + self.to_cells(self.first_stage_bias)
+        return offsets
+
+    def head_matrices(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The head as one linear map per option, output scale folded in: weight [K, 16C, hidden]
+        and bias [K, 16C], applied at every cell. None for "deconv", whose head is a 3x3 conv."""
+        if self.config.arch != "shuffle":
+            return None
+        k, scale = self.config.options, self.output_scale
+        return (self.head.weight * scale).view(k, -1, self.config.hidden), (self.head.bias * scale).view(k, -1)
+
+    def chosen_offsets(self, features: torch.Tensor, stage: int, index: torch.Tensor) -> torch.Tensor:
+        """The offset of option `index[b]` for each image b: [B, *cell shape].
+
+        Encoder and decoder both move the reconstruction with this, so they agree bit for bit.
+        With a 1x1 head only the chosen option's slice of it is applied: a K-th of its work.
+        """
+        matrices = self.head_matrices()
+        if matrices is None:
+            offsets = self.all_offsets(features, stage)
+            return offsets[torch.arange(len(index), device=index.device), index]
+        weight, bias = matrices[0][index], matrices[1][index]  # [B, 16C, hidden], [B, 16C]
+        offsets = torch.bmm(weight, features.flatten(2)).view(len(index), -1, *features.shape[2:])
+        offsets = offsets + bias[:, :, None, None]
+        if stage == 0:
+            offsets = offsets + self.to_cells(self.first_stage_bias)[index]
         return offsets
 
     def forward(self, current: torch.Tensor, stage: int) -> torch.Tensor:

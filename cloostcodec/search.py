@@ -36,6 +36,55 @@ def pick(proposals: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return proposals[torch.arange(proposals.shape[0], device=proposals.device), index]
 
 
+class HeadAlgebra:
+    """Every option's error at a stage after the first, without computing the K offsets.
+
+    With a 1x1 head, option k adds o_k = W_k x + b_k at each cell, x being the network's
+    features there. Its squared error against the residual r, summed over cells p, is
+    |r|^2 - 2 (<W_k, sum_p r_p x_p^T> + <b_k, sum_p r_p>) + <W_k^T W_k, sum_p x_p x_p^T>
+    + 2 <W_k^T b_k, sum_p x_p> + P |b_k|^2: a few small matrix products per image instead of
+    the K offsets, which cost as much as the rest of the network. Only the search uses it; the
+    reconstruction always moves by `Refiner.chosen_offsets`, as in the decoder.
+    """
+
+    def __init__(self, model: Refiner):
+        weight, bias = model.head_matrices()  # [K, D, h], [K, D]
+        k = weight.shape[0]
+        self.weight = weight.flatten(1)  # [K, D*h]
+        self.bias = bias
+        self.gram = (weight.transpose(1, 2) @ weight).flatten(1)  # [K, h*h]
+        self.weight_bias = (weight.transpose(1, 2) @ bias.unsqueeze(2)).view(k, -1)  # [K, h]
+        self.bias_norm = bias.square().sum(1)  # [K]
+
+    def losses(self, features: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of every option: features [B, h, ...], residual [B, D, ...] -> [B, K]."""
+        x, r = features.flatten(2), residual.flatten(2)  # [B, h, P], [B, D, P]
+        cells = x.shape[2]
+        cross = torch.bmm(r, x.transpose(1, 2)).flatten(1) @ self.weight.T + r.sum(2) @ self.bias.T
+        own = (torch.bmm(x, x.transpose(1, 2)).flatten(1) @ self.gram.T + 2 * x.sum(2) @ self.weight_bias.T
+               + cells * self.bias_norm)
+        return (r.square().flatten(1).sum(1, keepdim=True) - 2 * cross + own) / (r.shape[1] * cells)
+
+
+def stage_features(model: Refiner, current: torch.Tensor, stage: int) -> torch.Tensor:
+    """`model.features`, computed once for all codes at stage 0, where every code starts from the
+    same fixed tensor. Encoder and decoder both use this, so they stay bit for bit alike."""
+    if stage == 0:
+        return model.features(current[:1], 0).expand(current.shape[0], -1, -1, -1)
+    return model.features(current, stage)
+
+
+def _stage_losses(model: Refiner, head: HeadAlgebra | None, features: torch.Tensor,
+                   residual: torch.Tensor, stage: int) -> torch.Tensor:
+    if head is not None and stage > 0:
+        return head.losses(features, residual)
+    if stage == 0:  # the K offsets are the same for every code: compute them once
+        offsets = model.all_offsets(features[:1], 0).expand(features.shape[0], -1, -1, -1, -1)
+    else:
+        offsets = model.all_offsets(features, stage)
+    return offset_losses(offsets, residual)
+
+
 @dataclass
 class Encoding:
     indices: torch.Tensor  # [B, N] int64
@@ -49,11 +98,12 @@ def encode(model: Refiner, target: torch.Tensor, stages: int | None = None, beam
         return _best_of(target, _beam_encode(model, target, stages, beam), encode(model, target, stages))
     goal = model.to_cells(target)
     current = model.to_cells(model.start(target.shape[0], target.device, target.dtype))
+    head = HeadAlgebra(model) if model.head_matrices() is not None else None
     indices, recons = [], []
     for stage in range(stages):
-        offsets = model.offsets(current, stage)
-        index = offset_losses(offsets, goal - current).argmin(dim=1)
-        current = current + pick(offsets, index)
+        features = stage_features(model, current, stage)
+        index = _stage_losses(model, head, features, goal - current, stage).argmin(dim=1)
+        current = current + model.chosen_offsets(features, stage, index)
         indices.append(index)
         recons.append(model.from_cells(current))
     return Encoding(_stack(indices, target), recons)
@@ -71,17 +121,19 @@ def _beam_encode(model: Refiner, target: torch.Tensor, stages: int, width: int) 
     current = model.to_cells(model.start(batch, target.device, target.dtype))  # [B*W', ...], W' grows to W
     codes = torch.zeros(batch, 1, 0, dtype=torch.long, device=target.device)  # [B, W', t]
     history = torch.zeros(batch, 1, 0, *shape, dtype=target.dtype, device=target.device)
+    head = HeadAlgebra(model) if model.head_matrices() is not None else None
     beams = 1
     for stage in range(stages):
-        offsets = model.offsets(current, stage)  # [B*W', K, ...]
-        losses = offset_losses(offsets, goal.repeat_interleave(beams, dim=0) - current)
+        features = stage_features(model, current, stage)  # [B*W', ...]
+        losses = _stage_losses(model, head, features, goal.repeat_interleave(beams, dim=0) - current, stage)
         losses = losses.view(batch, beams * k)
         keep = min(width, beams * k)
         order = torch.sort(losses, dim=1, stable=True).indices[:, :keep]  # [B, keep]
         parent, option = order // k, order % k
         rows = torch.arange(batch, device=target.device).unsqueeze(1)
-        kept = current.view(batch, beams, *shape)[rows, parent] + offsets.view(batch, beams * k, *shape)[rows, order]
-        current = kept.reshape(batch * keep, *shape)
+        chosen = (rows * beams + parent).flatten()  # rows of `current` and `features` kept
+        current = current[chosen] + model.chosen_offsets(features[chosen], stage, option.flatten())
+        kept = current.view(batch, keep, *shape)
         codes = torch.cat([codes[rows, parent], option.unsqueeze(2)], dim=2)
         history = torch.cat([history[rows, parent], kept.unsqueeze(2)], dim=2)
         beams = keep
@@ -111,7 +163,7 @@ def decode(model: Refiner, indices: torch.Tensor, stages: int | None = None) -> 
         raise ValueError(f"asked for {stages} stages but the codes hold {indices.shape[1]}")
     current = model.to_cells(model.start(indices.shape[0], indices.device, model.first_stage_bias.dtype))
     for stage in range(stages):
-        current = current + pick(model.offsets(current, stage), indices[:, stage])
+        current = current + model.chosen_offsets(stage_features(model, current, stage), stage, indices[:, stage])
     return model.from_cells(current)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cloostcodec.search import _beam_encode, decode, encode, offset_losses, option_losses
+from cloostcodec.search import HeadAlgebra, _beam_encode, decode, encode, offset_losses, option_losses, pick
 from conftest import random_refiner
 
 
@@ -28,6 +28,30 @@ def test_stored_index_is_argmin_at_every_stage(arch):
         current = enc.reconstructions[stage]
     # the search actually used more than one option
     assert len(torch.unique(enc.indices)) > 1
+
+
+@torch.inference_mode()
+def test_head_algebra_gives_every_options_error_without_building_the_offsets():
+    model = random_refiner(seed=2)
+    current, residual = model.to_cells(targets(6, seed=3)), model.to_cells(targets(6, seed=4))
+    for stage in range(1, model.config.stages):
+        features = model.features(current, stage)
+        expected = offset_losses(model.all_offsets(features, stage), residual)
+        got = HeadAlgebra(model).losses(features, residual)
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+        assert torch.equal(got.argmin(1), expected.argmin(1))
+
+
+@pytest.mark.parametrize("arch", ["shuffle", "deconv"])
+@torch.inference_mode()
+def test_chosen_offsets_are_the_chosen_options_of_all_offsets(arch):
+    model = random_refiner(arch, seed=5)
+    current = model.to_cells(targets(7, seed=6))
+    index = torch.tensor([0, 3, 1, 2, 3, 0, 1])
+    for stage in (0, 2):
+        features = model.features(current, stage)
+        expected = pick(model.all_offsets(features, stage), index)
+        assert torch.allclose(model.chosen_offsets(features, stage, index), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 17, 64])
