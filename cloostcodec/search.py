@@ -44,7 +44,8 @@ class HeadAlgebra:
     |r|^2 - 2 (<W_k, sum_p r_p x_p^T> + <b_k, sum_p r_p>) + <W_k^T W_k, sum_p x_p x_p^T>
     + 2 <W_k^T b_k, sum_p x_p> + P |b_k|^2: a few small matrix products per image instead of
     the K offsets, which cost as much as the rest of the network. Only the search uses it; the
-    reconstruction always moves by `Refiner.chosen_offsets`, as in the decoder.
+    reconstruction always moves by `Refiner.chosen_offsets`, as in the decoder. The Gram
+    matrices W_k^T W_k are built once (see `head_algebra`).
     """
 
     def __init__(self, model: Refiner):
@@ -64,6 +65,23 @@ class HeadAlgebra:
         own = (torch.bmm(x, x.transpose(1, 2)).flatten(1) @ self.gram.T + 2 * x.sum(2) @ self.weight_bias.T
                + cells * self.bias_norm)
         return (r.square().flatten(1).sum(1, keepdim=True) - 2 * cross + own) / (r.shape[1] * cells)
+
+
+def head_algebra(model: Refiner) -> HeadAlgebra | None:
+    """The model's `HeadAlgebra` (None without a 1x1 head), kept on the model until its head's
+    weights change: building it costs as much as a few stages of one image."""
+    if model.config.arch != "shuffle":
+        return None
+    params = (model.head.weight, model.head.bias, model.output_scale)
+    if any(p.is_inference() for p in params):  # made under inference_mode: no version counter
+        return HeadAlgebra(model)
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    cached = getattr(model, "_head_algebra", None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, HeadAlgebra(model))
+        model._head_algebra = cached
+    return cached[1]
 
 
 def stage_features(model: Refiner, current: torch.Tensor, stage: int) -> torch.Tensor:
@@ -98,7 +116,7 @@ def encode(model: Refiner, target: torch.Tensor, stages: int | None = None, beam
         return _best_of(target, _beam_encode(model, target, stages, beam), encode(model, target, stages))
     goal = model.to_cells(target)
     current = model.to_cells(model.start(target.shape[0], target.device, target.dtype))
-    head = HeadAlgebra(model) if model.head_matrices() is not None else None
+    head = head_algebra(model)
     indices, recons = [], []
     for stage in range(stages):
         features = stage_features(model, current, stage)
@@ -121,7 +139,7 @@ def _beam_encode(model: Refiner, target: torch.Tensor, stages: int, width: int) 
     current = model.to_cells(model.start(batch, target.device, target.dtype))  # [B*W', ...], W' grows to W
     codes = torch.zeros(batch, 1, 0, dtype=torch.long, device=target.device)  # [B, W', t]
     history = torch.zeros(batch, 1, 0, *shape, dtype=target.dtype, device=target.device)
-    head = HeadAlgebra(model) if model.head_matrices() is not None else None
+    head = head_algebra(model)
     beams = 1
     for stage in range(stages):
         features = stage_features(model, current, stage)  # [B*W', ...]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cloostcodec.search import HeadAlgebra, _beam_encode, decode, encode, offset_losses, option_losses, pick
+from cloostcodec.search import HeadAlgebra, _beam_encode, head_algebra, decode, encode, offset_losses, option_losses, pick
 from conftest import random_refiner
 
 
@@ -40,6 +40,18 @@ def test_head_algebra_gives_every_options_error_without_building_the_offsets():
         got = HeadAlgebra(model).losses(features, residual)
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
         assert torch.equal(got.argmin(1), expected.argmin(1))
+
+
+def test_head_algebra_is_kept_until_the_head_changes():
+    model = random_refiner(seed=2)
+    first = head_algebra(model)
+    assert head_algebra(model) is first
+    with torch.no_grad():
+        model.head.weight.mul_(2)
+    second = head_algebra(model)
+    assert second is not first
+    assert torch.allclose(second.gram, 4 * first.gram)
+    assert head_algebra(random_refiner("deconv")) is None
 
 
 @pytest.mark.parametrize("arch", ["shuffle", "deconv"])
