@@ -78,7 +78,7 @@ def head_algebra(model: Refiner) -> HeadAlgebra | None:
     key = tuple((p.data_ptr(), p._version) for p in params)
     cached = getattr(model, "_head_algebra", None)
     if cached is None or cached[0] != key:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # usable in and out of inference mode
             cached = (key, HeadAlgebra(model))
         model._head_algebra = cached
     return cached[1]

@@ -52,6 +52,13 @@ def test_head_algebra_is_kept_until_the_head_changes():
     assert second is not first
     assert torch.allclose(second.gram, 4 * first.gram)
     assert head_algebra(random_refiner("deconv")) is None
+    # kept from a call in inference mode, it still serves a search outside it, even with grad on
+    fresh = random_refiner(seed=7)
+    with torch.inference_mode():
+        kept = head_algebra(fresh)
+        expected = encode(fresh, targets(3)).indices
+    assert torch.equal(encode(fresh, targets(3)).indices, expected)
+    assert head_algebra(fresh) is kept
 
 
 @pytest.mark.parametrize("arch", ["shuffle", "deconv"])
