@@ -21,7 +21,7 @@ from .datasets import load_images, to_unit_float
 from .kmeans import ResidualKMeans
 from .modelfile import atomic_torch_save, content_hash, load_model, save_model
 from .refiner import ModelConfig, Refiner
-from .search import encode, offset_losses, option_losses, pick
+from .search import HeadAlgebra, encode, offset_losses, option_losses, pick
 
 CHECKPOINT_VERSION = 1
 RESCUE_POOL = 512  # training images sampled to find where a dead first-stage option goes
@@ -84,12 +84,21 @@ class Objective(nn.Module):
         current = refiner.to_cells(refiner.start(target.shape[0], target.device, target.dtype))
         total = target.new_zeros(())
         chosen = []
+        # every option's loss from the head's algebra, as in the search (built anew: the weights move)
+        head = HeadAlgebra(refiner) if refiner.head_matrices() is not None else None
         for stage in range(refiner.config.stages):
-            offsets = refiner.offsets(current, stage)
-            losses = offset_losses(offsets, goal - current)
+            residual = goal - current
+            if stage == 0:  # every image starts from the same tensor: one image's K offsets serve all
+                offsets = refiner.offsets(current[:1], 0).expand(len(current), -1, -1, -1, -1)
+                losses = offset_losses(offsets, residual)
+            else:
+                features = refiner.features(current, stage)
+                losses = head.losses(features, residual) if head else offset_losses(
+                    refiner.all_offsets(features, stage), residual)
             index = losses.detach().argmin(dim=1)
             total = total + losses.gather(1, index[:, None]).mean() + self.alpha * losses.mean()
-            current = current + pick(offsets, index)
+            current = current + (pick(offsets, index) if stage == 0 else
+                                 refiner.chosen_offsets(features, stage, index))
             if stage == 0 and not self.first_stage_gradient:
                 # the first stage then learns only to partition the data (online k-means), not to
                 # be a convenient start for later stages, which skews its usage toward a few options

@@ -220,3 +220,35 @@ def test_init_from_a_longer_model_keeps_its_first_stages(synthetic_npz, tmp_path
     shorter.init_from = str(tmp_path / "long.pt")
     train(shorter, quiet=True)
     assert load_model_file(tmp_path / "short.pt").config.stages == 2
+
+
+@pytest.mark.parametrize("arch", ["shuffle", "deconv"])
+def test_objective_matches_the_loss_built_from_all_k_offsets(arch):
+    """The training loss skips building the K offsets; it must equal (value and gradients) the
+    objective written out plainly: chosen option's loss + alpha x mean of all K, every stage."""
+    import torch
+
+    from cloostcodec.search import offset_losses, pick
+    from cloostcodec.train import Objective
+    from conftest import random_refiner
+
+    refiner = random_refiner(arch, seed=11).train()
+    target = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    loss, chosen = Objective(refiner, alpha=0.1)(target)
+    grads = torch.autograd.grad(loss, list(refiner.parameters()), allow_unused=True)
+
+    current, goal, total = refiner.to_cells(refiner.start(6)), refiner.to_cells(target), 0.0
+    for stage in range(refiner.config.stages):
+        offsets = refiner.offsets(current, stage)
+        losses = offset_losses(offsets, goal - current)
+        index = losses.detach().argmin(dim=1)
+        assert torch.equal(index, chosen[:, stage])
+        total = total + losses.gather(1, index[:, None]).mean() + 0.1 * losses.mean()
+        current = current + pick(offsets, index)
+    expected = total / refiner.config.stages
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    for got, want in zip(grads, torch.autograd.grad(expected, list(refiner.parameters()), allow_unused=True)):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            assert torch.allclose(got, want, rtol=1e-3, atol=1e-5)
