@@ -43,9 +43,10 @@ class HeadAlgebra:
     features there. Its squared error against the residual r, summed over cells p, is
     |r|^2 - 2 (<W_k, sum_p r_p x_p^T> + <b_k, sum_p r_p>) + <W_k^T W_k, sum_p x_p x_p^T>
     + 2 <W_k^T b_k, sum_p x_p> + P |b_k|^2: a few small matrix products per image instead of
-    the K offsets, which cost as much as the rest of the network. Only the search uses it; the
-    reconstruction always moves by `Refiner.chosen_offsets`, as in the decoder. The Gram
-    matrices W_k^T W_k are built once (see `head_algebra`).
+    the K offsets, which cost as much as the rest of the network. The search and the training
+    objective rank options with it; the reconstruction always moves by `Refiner.chosen_offsets`,
+    as in the decoder. The search builds it once per model (`head_algebra`), training at every
+    step (autograd goes through it).
     """
 
     def __init__(self, model: Refiner):
