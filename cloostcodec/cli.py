@@ -506,7 +506,8 @@ def write_pictures(pixels, grid_path, out_dir, columns, scale, force):
 @click.option("--stages", type=click.IntRange(1, 255), default=10, show_default=True, help="N stages.")
 @click.option("--options", type=click.IntRange(2, 65536), default=8, show_default=True, help="K options per stage.")
 @click.option("--arch", type=click.Choice(["shuffle", "deconv"]), default="shuffle", show_default=True)
-@click.option("--hidden", type=click.IntRange(4), default=96, show_default=True, help="Channels of the refiner.")
+@click.option("--hidden", type=click.IntRange(4),
+              help="Channels of the refiner  [default: 96, or the --init-from model's; more widens that model]")
 @click.option("--core-layers", type=click.IntRange(0), default=3, show_default=True)
 @click.option("--steps", type=click.IntRange(1), help="Stop after this many optimiser steps.")
 @click.option("--minutes", type=click.FloatRange(0, min_open=True), help="Stop after this much wall time.")

@@ -34,7 +34,7 @@ class TrainSettings:
     stages: int = 10
     options: int = 8
     arch: str = "shuffle"
-    hidden: int = 96
+    hidden: int | None = None  # None: 96, or the --init-from model's width (more widens it)
     core_layers: int = 3
     steps: int | None = None
     minutes: float | None = None
@@ -65,7 +65,7 @@ class TrainSettings:
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
         for name in ("batch_size", "stages", "options", "hidden"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
 
 
@@ -261,7 +261,7 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
         config = ModelConfig.from_dict(checkpoint["config"])
     elif settings.init_from:
         start_model = load_model(settings.init_from)
-        config = grown_config(start_model.config, settings.stages)
+        config = grown_config(start_model.config, settings.stages, settings.hidden)
         if config.image_shape != tuple(train_pixels.shape[1:]):
             raise ValueError(f"{settings.init_from}: model images are {config.image_shape}, "
                              f"the data's are {tuple(train_pixels.shape[1:])}")
@@ -270,6 +270,7 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
     else:
         mean, std = float(train_pixels.mean()), float(train_pixels.std())
         c, h, w = train_pixels.shape[1:]
+        settings.hidden = settings.hidden or 96
         config = ModelConfig(channels=c, height=h, width=w, stages=settings.stages, options=settings.options,
                              norm_mean=round(mean, 6), norm_std=round(std, 6), arch=settings.arch, hidden=settings.hidden,
                              core_layers=settings.core_layers)
@@ -277,7 +278,7 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
     torch.manual_seed(settings.seed)
     refiner = Refiner(config).to(device)
     if checkpoint is None and settings.init_from:
-        refiner.load_state_dict(grown_state(start_model.refiner.state_dict(), config.stages))
+        refiner.load_state_dict(grown_state(start_model.refiner.state_dict(), config.stages, refiner.state_dict()))
     elif checkpoint is None and settings.kmeans_init:
         init_first_stage_kmeans(refiner, train_pixels, settings.seed)
     optimizer = torch.optim.Adam(refiner.parameters(), lr=settings.lr)
@@ -389,17 +390,29 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
     return last_eval
 
 
-def grown_config(config: ModelConfig, stages: int) -> ModelConfig:
-    """The config of `config`'s model continued (or cut) to `stages` stages."""
-    return ModelConfig.from_dict({**config.to_dict(), "stages": stages})
+def grown_config(config: ModelConfig, stages: int, hidden: int | None = None) -> ModelConfig:
+    """The config of `config`'s model continued (or cut) to `stages` stages, and widened to
+    `hidden` channels if given."""
+    hidden = config.hidden if hidden is None else hidden
+    if hidden < config.hidden:
+        raise ValueError(f"--hidden {hidden} is narrower than the starting model's {config.hidden} channels")
+    if hidden > config.hidden and config.arch != "shuffle":
+        raise ValueError(f"only a 'shuffle' refiner can be widened, this one is {config.arch!r}")
+    return ModelConfig.from_dict({**config.to_dict(), "stages": stages, "hidden": hidden})
 
 
-def grown_state(state: dict, stages: int) -> dict:
-    """A trained model's weights for another stage count.
+def grown_state(state: dict, stages: int, fresh: dict | None = None) -> dict:
+    """A trained model's weights for another stage count, and optionally more channels.
 
     Only the per-stage channel scales depend on the stage count; the network is shared, so a
     model trained for n stages is a trained start for the first n stages of a longer one (every
     added stage starts as a copy of its last), and its first m stages are a model of m stages.
+
+    `fresh` (the state of a newly initialised wider refiner) widens it: every trained tensor goes
+    into the leading corner of its fresh counterpart, and the weights that would carry the new
+    channels into old ones (and into the head) are zeroed. The widened model then proposes
+    exactly what the trained one did, while the new channels, computed from fresh random weights,
+    get gradients from the first step.
     """
     grown = {}
     for name, tensor in state.items():
@@ -407,6 +420,12 @@ def grown_state(state: dict, stages: int) -> dict:
             if len(tensor) < stages:
                 tensor = torch.cat([tensor, tensor[-1:].expand(stages - len(tensor), -1)])
             tensor = tensor[:stages]
+        if fresh is not None and fresh[name].shape != tensor.shape:
+            wider = fresh[name].clone()
+            wider[tuple(slice(0, size) for size in tensor.shape)] = tensor
+            if tensor.dim() == 4:  # conv weight [out, in, kh, kw]: old outputs ignore new inputs
+                wider[:tensor.shape[0], tensor.shape[1]:] = 0
+            tensor = wider
         grown[name] = tensor.clone()
     return grown
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cloostcodec.cli import main
 from cloostcodec.modelfile import load_model_file
-from cloostcodec.train import TrainSettings, train
+from cloostcodec.train import Objective, TrainSettings, train
 
 TINY = dict(stages=2, options=4, hidden=16, core_layers=1, holdout=64, threads=1)
 
@@ -220,6 +220,39 @@ def test_init_from_a_longer_model_keeps_its_first_stages(synthetic_npz, tmp_path
     shorter.init_from = str(tmp_path / "long.pt")
     train(shorter, quiet=True)
     assert load_model_file(tmp_path / "short.pt").config.stages == 2
+
+
+def test_init_from_with_more_hidden_channels_widens_without_changing_the_model(synthetic_npz, tmp_path):
+    import torch
+
+    from cloostcodec.refiner import Refiner
+    from cloostcodec.search import decode
+    from cloostcodec.train import grown_config, grown_state
+
+    settings = dict(data=str(synthetic_npz), steps=20, eval_every=20, warmup=5, **TINY)
+    train(TrainSettings(out=str(tmp_path / "narrow"), **settings), quiet=True)
+    narrow = load_model_file(tmp_path / "narrow.pt")
+    wide_config = grown_config(narrow.config, narrow.config.stages, narrow.config.hidden + 8)
+    torch.manual_seed(0)
+    wide = Refiner(wide_config)
+    wide.load_state_dict(grown_state(narrow.refiner.state_dict(), wide_config.stages, wide.state_dict()))
+    codes = torch.tensor([[0, 1], [3, 2], [2, 2]])
+    with torch.no_grad():
+        assert torch.allclose(decode(wide.eval(), codes), decode(narrow.refiner, codes), atol=1e-5)
+        current = torch.randn(3, *narrow.config.image_shape)
+        assert torch.allclose(wide(current, 1), narrow.refiner(current, 1), atol=1e-5)
+
+    # the new channels learn: the head's zeroed columns for them get gradients at once
+    target = torch.randn(4, *narrow.config.image_shape)
+    Objective(wide.train(), 0.01)(target)[0].backward()
+    assert wide.head.weight.grad[:, narrow.config.hidden:].abs().sum() > 0
+
+    widened = TrainSettings(out=str(tmp_path / "wide"), **{**settings, "steps": 2})
+    widened.init_from, widened.hidden = str(tmp_path / "narrow.pt"), narrow.config.hidden + 8
+    train(widened, quiet=True)
+    assert load_model_file(tmp_path / "wide.pt").config.hidden == narrow.config.hidden + 8
+    with pytest.raises(ValueError, match="narrower"):
+        grown_config(narrow.config, 2, narrow.config.hidden - 1)
 
 
 @pytest.mark.parametrize("arch", ["shuffle", "deconv"])
