@@ -34,7 +34,7 @@ class TrainSettings:
     stages: int = 10
     options: int = 8
     arch: str = "shuffle"
-    hidden: int | None = None  # None: 96, or the --init-from model's width (more widens it)
+    hidden: int | None = None  # None: ModelConfig's default, or the --init-from model's width (more widens it)
     core_layers: int = 3
     steps: int | None = None
     minutes: float | None = None
@@ -270,7 +270,7 @@ def train(settings: TrainSettings, resume: bool = False, quiet: bool = False) ->
     else:
         mean, std = float(train_pixels.mean()), float(train_pixels.std())
         c, h, w = train_pixels.shape[1:]
-        settings.hidden = settings.hidden or 96
+        settings.hidden = settings.hidden or ModelConfig.hidden
         config = ModelConfig(channels=c, height=h, width=w, stages=settings.stages, options=settings.options,
                              norm_mean=round(mean, 6), norm_std=round(std, 6), arch=settings.arch, hidden=settings.hidden,
                              core_layers=settings.core_layers)
